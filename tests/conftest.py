@@ -1,0 +1,1 @@
+"""Shared fixtures: real servers on free loopback ports, nothing faked."""
