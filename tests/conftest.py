@@ -1,1 +1,31 @@
 """Shared fixtures: real servers on free loopback ports, nothing faked."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import RedisServer, free_port
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server for the session; `redis_url` empties it for each test."""
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server this test may stop and start (fail-closed tests)."""
+    server = RedisServer(free_port(), tmp_path).start()
+    yield server
+    server.stop()

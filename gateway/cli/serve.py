@@ -1,5 +1,91 @@
-"""Placeholder until the command lands."""
+"""`gateway serve`: run the gateway (one process; add replicas with a shared Redis store)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+from gateway.cli import CliError
+from gateway.configfile import ConfigError
 
 
-def register(sub) -> None:  # pragma: no cover - replaced
-    pass
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("serve", help="run the gateway")
+    parser.add_argument("--config", "-c", default=os.environ.get("GATEWAY_CONFIG", "gateway.yaml"),
+                        help="config file (default: $GATEWAY_CONFIG or gateway.yaml)")
+    parser.add_argument("--host", help="listen address (overrides listen.host)")
+    parser.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    parser.add_argument("--with-demo-model", action="store_true",
+                        help="also start the demo model at the upstream address the config gives model `demo`")
+    parser.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import GatewayApp
+    from gateway.context import Gateway
+    from gateway.logs import setup_logging
+
+    try:
+        gateway = Gateway.from_files(args.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    config = gateway.config
+    setup_logging(config.logging.level)
+    demo = _start_demo_model(gateway) if args.with_demo_model else None
+    tls = config.listen.tls
+    server = uvicorn.Server(
+        uvicorn.Config(
+            GatewayApp(gateway),
+            host=args.host or config.listen.host,
+            port=args.port if args.port is not None else config.listen.port,
+            loop="uvloop" if sys.platform != "win32" else "asyncio",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            server_header=False,
+            log_config=None,
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
+            timeout_graceful_shutdown=10,
+        )
+    )
+    try:
+        server.run()
+    finally:
+        if demo is not None:
+            demo.terminate()
+            demo.wait(5)
+    if not server.started:
+        print("error: the gateway did not start; the log line above says why", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _start_demo_model(gateway) -> subprocess.Popen:
+    model = gateway.config.models.get("demo")
+    if model is None:
+        raise CliError("--with-demo-model needs a model named `demo` in the config")
+    url = urlsplit(str(model.versions[model.initial_version].upstream))
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo-model", "--host", host, "--port", str(port)])
+    import socket
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CliError(f"the demo model exited with code {proc.returncode} (is port {port} free?)")
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.terminate()
+    raise CliError(f"the demo model did not start listening on {host}:{port}")

@@ -1,0 +1,83 @@
+"""What every control-plane handler shares: auth, JSON in and out, the error shape."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.auth import Caller
+from gateway.configfile import describe_errors
+from gateway.errors import BadRequest, GatewayError, error_body
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def request_id(request: Request) -> str:
+    rid = request.scope.get("gateway.request_id")
+    if rid is None:
+        given = request.headers.get("x-request-id", "")
+        rid = given if 0 < len(given) <= 128 and given.replace("-", "").replace(".", "").replace(":", "").replace("_", "").isalnum() else os.urandom(12).hex()
+        request.scope["gateway.request_id"] = rid
+    return rid
+
+
+def caller(request: Request, *roles: str) -> Caller:
+    """Authenticate the request's bearer token and check its role."""
+    gw = request.app.state.gateway
+    found = gw.authorize(request.headers.get("authorization"), *roles)
+    request.scope["gateway.caller"] = found.id
+    return found
+
+
+def ok(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(data, status_code=status, headers=headers)
+
+
+async def body_as(request: Request, model: type[M]) -> M:
+    """The request's JSON body validated as `model`, or a 400 naming each problem."""
+    raw = await request.body()
+    if not raw:
+        raise BadRequest("expected a JSON body")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BadRequest("request body is not valid JSON") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest("; ".join(describe_errors(exc))) from None
+
+
+def error_response(request: Request, status: int, type: str, message: str, detail: dict | None = None) -> Response:
+    rid = request_id(request)
+    headers = {"x-request-id": rid}
+    if status == 401:
+        headers["www-authenticate"] = 'Bearer realm="gateway"'
+    return Response(error_body(type, message, rid, detail), status_code=status, media_type="application/json", headers=headers)
+
+
+async def on_gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(request, exc.status, exc.type, exc.message, exc.detail)
+
+
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail if exc.status_code != 404 else f"no such endpoint: {request.method} {request.url.path}"
+    return error_response(request, exc.status_code, _HTTP_TYPES.get(exc.status_code, "error"), str(message))
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    import logging
+
+    logging.getLogger("gateway.api").exception("unexpected error", extra={"request_id": request_id(request)})
+    return error_response(request, 500, "internal", "the gateway failed to handle this request; see its log for the request id")

@@ -1,0 +1,211 @@
+"""The gateway's configuration file: models, tokens, store, policy, limits, timeouts.
+
+Validated whole at start-up (and by `gateway config check`): a file that starts is a
+file that works. Relative paths are relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from gateway.configfile import Seconds, load_model, resolve_path
+
+Role = Literal["client", "reviewer", "operator", "auditor"]
+ROLES: tuple[str, ...] = ("client", "reviewer", "operator", "auditor")
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _path_field(value: Any, info: ValidationInfo) -> Path | None:
+    base = (info.context or {}).get("base_dir")
+    return resolve_path(value, base)
+
+
+def _existing_file(value: Any, info: ValidationInfo) -> Path | None:
+    path = _path_field(value, info)
+    if path is not None and not path.is_file():
+        raise ValueError(f"expected an existing file, {path} does not exist")
+    return path
+
+
+class ListenerTls(_Strict):
+    cert: Path
+    key: Path
+
+    _files = field_validator("cert", "key", mode="before")(_existing_file)
+
+
+class Listen(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    tls: ListenerTls | None = None
+
+
+class UpstreamTls(_Strict):
+    """TLS to an upstream: a private CA bundle and/or a client certificate."""
+
+    ca_bundle: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    verify: bool = True
+
+    _files = field_validator("ca_bundle", "client_cert", "client_key", mode="before")(_existing_file)
+
+    @model_validator(mode="after")
+    def _pair(self) -> "UpstreamTls":
+        if self.client_key and not self.client_cert:
+            raise ValueError("client_key needs client_cert")
+        return self
+
+
+class Trust(_Strict):
+    """Who may sign a version's weights: a public key or a root certificate."""
+
+    public_key: Path | None = None
+    cert_root: Path | None = None
+
+    _files = field_validator("public_key", "cert_root", mode="before")(_existing_file)
+
+    @model_validator(mode="after")
+    def _one(self) -> "Trust":
+        if (self.public_key is None) == (self.cert_root is None):
+            raise ValueError("give exactly one of public_key or cert_root")
+        return self
+
+
+class VersionConfig(_Strict):
+    upstream: AnyHttpUrl
+    headers: dict[str, str] = Field(default_factory=dict, description="added to every upstream request, e.g. an API key")
+    tls: UpstreamTls | None = None
+    artifact: Path | None = None
+    signature: Path | None = None
+    trust: Trust | None = None
+    ignore_paths: tuple[str, ...] = ()
+
+    _paths = field_validator("artifact", "signature", mode="before")(_path_field)
+
+    @field_validator("upstream")
+    @classmethod
+    def _no_query(cls, url: AnyHttpUrl) -> AnyHttpUrl:
+        if url.query or url.fragment:
+            raise ValueError("expected a base URL without query or fragment")
+        return url
+
+    @model_validator(mode="after")
+    def _integrity_complete(self) -> "VersionConfig":
+        given = [n for n in ("artifact", "signature", "trust") if getattr(self, n) is not None]
+        if given and len(given) != 3:
+            missing = sorted({"artifact", "signature", "trust"} - set(given))
+            raise ValueError(f"a signed version needs artifact, signature and trust; missing {', '.join(missing)}")
+        return self
+
+    @property
+    def signed(self) -> bool:
+        return self.artifact is not None
+
+
+class ModelConfig(_Strict):
+    active: str | None = Field(None, description="the version that serves at first start; default: the first listed")
+    versions: dict[Annotated[str, Field(pattern=_NAME)], VersionConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _active_known(self) -> "ModelConfig":
+        if self.active is not None and self.active not in self.versions:
+            raise ValueError(f"active version {self.active!r} is not one of the versions ({', '.join(self.versions)})")
+        return self
+
+    @property
+    def initial_version(self) -> str:
+        return self.active or next(iter(self.versions))
+
+
+class TokenConfig(_Strict):
+    id: str = Field(pattern=_NAME)
+    role: Role
+    sha256: str = Field(description="hex SHA-256 of the token; `gateway token new` prints it")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("expected 64 hex characters (the SHA-256 of the token, not the token itself)")
+        return value
+
+
+class Limits(_Strict):
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_response_buffer_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest answer held for review")
+
+
+class Timeouts(_Strict):
+    connect: Seconds = 5.0
+    read: Seconds = Field(120.0, description="longest wait for the upstream's next bytes")
+    pool_idle: Seconds = Field(30.0, description="idle keep-alive connections are closed after this")
+
+
+class MetricsConfig(_Strict):
+    public: bool = Field(False, description="serve /metrics without a token")
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+class Config(_Strict):
+    listen: Listen = Listen()
+    data_dir: Path = Path("data")
+    store: str = Field("embedded", description="'embedded' (SQLite in data_dir) or a redis:// URL")
+    policy: Path = Path("policies/default.yaml")
+    tokens: list[TokenConfig] = Field(default_factory=list)
+    models: dict[Annotated[str, Field(pattern=_NAME)], ModelConfig] = Field(min_length=1)
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    source: Path | None = Field(None, exclude=True, description="set by the loader")
+
+    _paths = field_validator("data_dir", "policy", mode="before")(_path_field)
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if value == "embedded" or value.startswith(("redis://", "rediss://", "unix://")):
+            return value
+        raise ValueError("expected 'embedded' or a redis:// or rediss:// URL")
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_tokens(cls, tokens: list[TokenConfig]) -> list[TokenConfig]:
+        seen_ids, seen_hashes = set(), set()
+        for t in tokens:
+            if t.id in seen_ids:
+                raise ValueError(f"token id {t.id!r} is used twice")
+            if t.sha256 in seen_hashes:
+                raise ValueError(f"token {t.id!r} has the same hash as another token")
+            seen_ids.add(t.id)
+            seen_hashes.add(t.sha256)
+        return tokens
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate a config file; raises `ConfigError` with one line per problem."""
+    config = load_model(path, Config)
+    return config.model_copy(update={"source": Path(path).resolve()})

@@ -1,0 +1,148 @@
+"""Loading YAML files into validated models, with one readable line per problem.
+
+Both the gateway config and the policy files go through here, so an operator sees the
+same kind of message for either: `FILE: field.path: what was expected (got ...)`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _seconds(value: Any) -> float:
+    """Durations are written as `50ms`, `2s`, `10m`, `24h`, `183d` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 2s, 10m or 24h")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    raise ValueError("expected a duration such as 2s, 10m or 24h")
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A file that cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load_model(path: str | Path, model: type[M], *, context: dict[str, Any] | None = None) -> M:
+    """Read `path`, interpolate `${ENV}` references and validate it as `model`."""
+    path = Path(path)
+    data = read_yaml(path)
+    problems: list[str] = []
+    data = _interpolate(data, (), problems, str(path))
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return model.model_validate(data, context={"base_dir": path.parent, **(context or {})})
+    except ValidationError as exc:
+        raise ConfigError([f"{path}: {line}" for line in describe_errors(exc)]) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.__class__.__name__}: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}: {where}YAML syntax error: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a mapping at the top level (got {type(data).__name__})"])
+    return data
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """Pydantic errors as `field.path: expected ... (got ...)` lines."""
+    lines = []
+    for err in exc.errors():
+        where = _dotted(err["loc"]) or "(top level)"
+        message = _friendly(err)
+        lines.append(f"{where}: {message}")
+    return lines
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _friendly(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling; see the example config)"
+    if kind == "missing":
+        return "required field is missing"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    got = err.get("input")
+    if isinstance(got, (str, int, float, bool)) and kind not in ("value_error",):
+        shown = repr(got) if len(repr(got)) <= 60 else repr(got)[:57] + "..."
+        return f"{msg[0].lower()}{msg[1:]} (got {shown})"
+    return msg[0].lower() + msg[1:]
+
+
+def _interpolate(value: Any, loc: tuple[Any, ...], problems: list[str], file: str) -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string; secrets stay out of files."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, loc + (k,), problems, file) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, loc + (i,), problems, file) for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is None:
+                if default is not None:
+                    return default
+                problems.append(f"{file}: {_dotted(loc)}: environment variable {name} is not set")
+                return ""
+            return found
+
+        return _ENV_REF.sub(substitute, value)
+    return value
+
+
+def resolve_path(value: str | Path | None, base_dir: Path | None) -> Path | None:
+    """A path from a file is relative to that file's folder, as users expect."""
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    return p

@@ -1,0 +1,68 @@
+"""Prometheus metrics, with the labelled children cached so the request path pays one dict lookup."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "gateway_requests_total",
+            "Requests answered, by model, version, status and oversight route.",
+            ["model", "version", "status", "route"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request to the answer's headers, by model and version.",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time the gateway itself adds to a request (excluding the upstream).",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors_total",
+            "Upstream failures (connect, reset, timeout, protocol, 5xx), by model and version.",
+            ["model", "version", "kind"],
+            registry=self.registry,
+        )
+        self.level = Gauge(
+            "gateway_oversight_level",
+            "Effective oversight level per model on this replica.",
+            ["model"],
+            registry=self.registry,
+        )
+        self._requests: dict[tuple[str, str, int, str], Counter] = {}
+        self._latency: dict[tuple[str, str], Histogram] = {}
+
+    def observe(self, model: str, version: str, status: int, route: str, seconds: float, overhead: float) -> None:
+        key = (model, version, status, route)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.requests.labels(model, version, str(status), route)
+        counter.inc()
+        lkey = (model, version)
+        histogram = self._latency.get(lkey)
+        if histogram is None:
+            histogram = self._latency[lkey] = self.latency.labels(model, version)
+        histogram.observe(seconds)
+        self.overhead.observe(overhead)
+
+    def upstream_error(self, model: str, version: str, kind: str) -> None:
+        self.upstream_errors.labels(model, version, kind).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,83 @@
+"""The models a replica can route to: each version's upstream connection pool and headers.
+
+Which version is active is control state (`gateway.state`); this module holds what is
+needed to reach each version. Versions come from the config at start-up and can be added
+at run time from the registry.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+
+from gateway.config import Config, Timeouts, UpstreamTls, VersionConfig
+from gateway.proxy.upstream import UpstreamPool
+
+
+@dataclass(slots=True)
+class VersionRoute:
+    model: str
+    name: str
+    upstream: str
+    pool: UpstreamPool
+    extra_headers: list[tuple[bytes, bytes]]
+    name_header: bytes
+
+
+@dataclass(slots=True)
+class ModelRoute:
+    name: str
+    versions: dict[str, VersionRoute] = field(default_factory=dict)
+
+
+def upstream_ssl_context(tls: UpstreamTls | None) -> ssl.SSLContext | None:
+    """TLS to an upstream as configured: private CA, client certificate, or verification off."""
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=str(tls.ca_bundle) if tls.ca_bundle else None)
+    if tls.client_cert:
+        context.load_cert_chain(str(tls.client_cert), str(tls.client_key) if tls.client_key else None)
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def make_version_route(model: str, name: str, version: VersionConfig, timeouts: Timeouts) -> VersionRoute:
+    url = str(version.upstream)
+    pool = UpstreamPool(
+        url,
+        ssl_context=upstream_ssl_context(version.tls) if url.startswith("https") else None,
+        connect_timeout=timeouts.connect,
+        read_timeout=timeouts.read,
+        idle_timeout=timeouts.pool_idle,
+    )
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in version.headers.items()]
+    return VersionRoute(model, name, url, pool, extra, name.encode())
+
+
+class Catalog:
+    """Every model and version this replica knows how to reach."""
+
+    def __init__(self, config: Config) -> None:
+        self.timeouts = config.timeouts
+        self.models: dict[str, ModelRoute] = {}
+        for model_name, model in config.models.items():
+            route = ModelRoute(model_name)
+            for version_name, version in model.versions.items():
+                route.versions[version_name] = make_version_route(model_name, version_name, version, config.timeouts)
+            self.models[model_name] = route
+
+    def add_version(self, model: str, name: str, version: VersionConfig) -> VersionRoute:
+        route = self.models.setdefault(model, ModelRoute(model))
+        existing = route.versions.get(name)
+        if existing is not None:
+            return existing
+        added = make_version_route(model, name, version, self.timeouts)
+        route.versions[name] = added
+        return added
+
+    def close(self) -> None:
+        for model in self.models.values():
+            for version in model.versions.values():
+                version.pool.close()

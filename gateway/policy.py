@@ -1,0 +1,187 @@
+"""Oversight policy: the thresholds and rules, as data.
+
+A policy file lives in `policies/`. It may name a base with `extends:` (a path relative
+to itself) and override only what differs; mappings are merged key by key. Every
+decision records the policy's `version`, so an auditor knows which rules applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.configfile import ConfigError, Seconds, describe_errors, read_yaml, resolve_path
+
+Level = Annotated[int, Field(ge=0, le=4)]
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfidenceSource(_Strict):
+    """Where a model's answer says how sure it is."""
+
+    source: Literal["json_pointer", "header", "logprobs"]
+    pointer: str | None = Field(None, description="JSON pointer into the response body (json_pointer)")
+    header: str | None = Field(None, description="response header name (header)")
+
+    @model_validator(mode="after")
+    def _needs(self) -> "ConfidenceSource":
+        if self.source == "json_pointer" and not (self.pointer is not None and (self.pointer == "" or self.pointer.startswith("/"))):
+            raise ValueError("source json_pointer needs `pointer`, a JSON pointer such as /confidence")
+        if self.source == "header" and not self.header:
+            raise ValueError("source header needs `header`, a response header name")
+        return self
+
+
+class SmokeTest(_Strict):
+    dataset: Path
+    min_pass_rate: Rate = 0.95
+
+
+class Fairness(_Strict):
+    group_pointer: str = Field(description="JSON pointer to the group attribute in the request")
+    outcome_pointer: str = Field(description="JSON pointer to the outcome in the response")
+    favourable: Any = Field(description="the outcome value that counts as favourable")
+
+
+class ModelPolicy(_Strict):
+    """Per-model rules; anything left out comes from `defaults`."""
+
+    sample_rate: dict[Level, Rate] | None = None
+    confidence_threshold: Rate | None = None
+    confidence: ConfidenceSource | None = None
+    smoke: SmokeTest | None = None
+    fairness: Fairness | None = None
+    published_min_accuracy: Rate | None = None
+    redact_body: tuple[str, ...] | None = Field(None, description="JSON pointers removed from recorded bodies")
+
+
+# No thresholds are defaulted here: `policies/default.yaml` is where they are written.
+
+
+class Oversight(_Strict):
+    initial_level: Level
+    record_all_from_level: Level
+    two_person_lowering: bool
+    max_staleness: Seconds
+    on_state_loss: Level
+    end_streams_on_pause: bool
+    confirm_timeout: Seconds
+
+
+class Review(_Strict):
+    timeout: Seconds
+    on_expiry: Literal["reject", "release"]
+    max_hold_wait: Seconds
+    claim_lease: Seconds
+
+
+class Integrity(_Strict):
+    reverify_interval: Seconds
+
+
+class Evidence(_Strict):
+    fsync_interval: Seconds
+    checkpoint_every: int = Field(gt=0)
+    checkpoint_interval: Seconds
+    retention: Seconds
+    redact_headers: tuple[str, ...]
+
+    @field_validator("redact_headers")
+    @classmethod
+    def _lower(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(n.lower() for n in names)
+
+
+class Policy(_Strict):
+    version: str = Field(min_length=1)
+    oversight: Oversight
+    review: Review
+    integrity: Integrity
+    evidence: Evidence
+    defaults: ModelPolicy
+    models: dict[str, ModelPolicy] = Field(default_factory=dict)
+    triggers: dict[str, Any] = Field(default_factory=dict)
+    digest: str = Field("", description="SHA-256 of the merged policy, set by the loader")
+
+    @model_validator(mode="after")
+    def _defaults_complete(self) -> "Policy":
+        d = self.defaults
+        missing = [n for n in ("sample_rate", "confidence_threshold", "confidence") if getattr(d, n) is None]
+        if missing:
+            raise ValueError(f"defaults must set {', '.join(missing)}")
+        return self
+
+    def for_model(self, model: str) -> "EffectiveModelPolicy":
+        override = self.models.get(model)
+        merged = self.defaults.model_dump()
+        if override is not None:
+            for key, value in override.model_dump(exclude_none=True).items():
+                merged[key] = {**merged[key], **value} if key == "sample_rate" and merged.get(key) else value
+        return EffectiveModelPolicy.model_validate(merged)
+
+
+class EffectiveModelPolicy(ModelPolicy):
+    sample_rate: dict[Level, Rate]
+    confidence_threshold: Rate
+    confidence: ConfidenceSource
+
+    def rate_at(self, level: int) -> float:
+        """Post-hoc sampling rate at `level`; levels without a rate use the highest lower one."""
+        rate = 0.0
+        for lvl in sorted(self.sample_rate):
+            if lvl <= level:
+                rate = self.sample_rate[lvl]
+        return rate
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read a policy file (following `extends:`), validate it and stamp its digest."""
+    path = Path(path)
+    data = _read_with_bases(path, seen=())
+    try:
+        policy = Policy.model_validate(data, context={"base_dir": path.parent})
+    except Exception as exc:  # pydantic.ValidationError
+        if hasattr(exc, "errors"):
+            raise ConfigError([f"{path}: {line}" for line in describe_errors(exc)]) from None
+        raise
+    policy = policy.model_copy(update={"models": {k: _resolve_smoke(v, path.parent) for k, v in policy.models.items()}})
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    return policy.model_copy(update={"digest": digest})
+
+
+def _resolve_smoke(mp: ModelPolicy, base: Path) -> ModelPolicy:
+    if mp.smoke is None:
+        return mp
+    return mp.model_copy(update={"smoke": mp.smoke.model_copy(update={"dataset": resolve_path(mp.smoke.dataset, base)})})
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in seen:
+        raise ConfigError([f"{path}: `extends` loops back to itself"])
+    data = read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError([f"{path}: extends: expected a path to another policy file"])
+    parent = _read_with_bases(resolve_path(base, path.parent), seen + (resolved,))
+    return _merge(parent, data)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,171 @@
+"""The control state, mirrored in memory on every replica.
+
+The request path reads only this mirror: no store round trip per request. The mirror
+follows the store's change feed, confirms itself with a heartbeat, and repairs a missed
+change by resynchronising. If it cannot confirm the state for longer than the policy's
+`max_staleness`, every model is served at the policy's `on_state_loss` level until it
+can again: an unknown state means more human oversight, never less.
+
+Document keys:
+- `level/global`, `level/model/{name}` -> {"level", "actor", "reason", "at"}
+- `active/{model}` -> {"version", "actor", "reason", "at"}
+- `version/{model}/{version}` -> the version's registry entry and verification status
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.store import Change, Confirmation, Snapshot, Store, StoreUnavailable
+
+log = logging.getLogger("gateway.state")
+
+StateListener = Callable[[str, dict[str, Any] | None, dict[str, Any]], None]
+
+
+class ControlState:
+    def __init__(self, store: Store, *, initial_level: int, max_staleness: float, on_state_loss: int) -> None:
+        self.store = store
+        self.initial_level = initial_level
+        self.max_staleness = max_staleness
+        self.on_state_loss = on_state_loss
+        self.epoch = 0
+        self.docs: dict[str, dict[str, Any]] = {}
+        # Derived views read on the request path.
+        self.global_level = initial_level
+        self.model_levels: dict[str, int] = {}
+        self.active: dict[str, str] = {}
+        self.confirmed_at = time.monotonic()
+        self._watches_staleness = store.shared
+        self._listeners: list[StateListener] = []
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._resyncing: asyncio.Task[None] | None = None
+        self._pending_acks: set[asyncio.Task[None]] = set()
+
+    # request path ---------------------------------------------------------------
+    def level_for(self, model: str) -> int:
+        """The effective level: the higher of global and model, raised further if stale."""
+        level = self.model_levels.get(model, self.initial_level)
+        if self.global_level > level:
+            level = self.global_level
+        if self._watches_staleness and level < self.on_state_loss and self.is_stale():
+            level = self.on_state_loss
+        return level
+
+    def is_stale(self) -> bool:
+        return self._watches_staleness and time.monotonic() - self.confirmed_at > self.max_staleness
+
+    # lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        snapshot = await self.store.open(self._on_change)
+        self._load(snapshot)
+        self.confirmed_at = time.monotonic()
+        if self.store.shared:
+            await self.store.confirm(self.epoch)
+            self._heartbeat = asyncio.create_task(self._beat(), name="gateway-state-heartbeat")
+
+    async def stop(self) -> None:
+        for task in (self._heartbeat, self._resyncing, *self._pending_acks):
+            if task is not None:
+                task.cancel()
+        await self.store.close()
+
+    def add_listener(self, listener: StateListener) -> None:
+        """Called after each applied change with (key, old document, new document)."""
+        self._listeners.append(listener)
+
+    # writing --------------------------------------------------------------------
+    async def change(
+        self,
+        key: str,
+        doc: dict[str, Any],
+        *,
+        audit: dict[str, Any],
+        expect_rev: int | None = None,
+        confirm_timeout: float = 2.0,
+    ) -> tuple[Change, Confirmation]:
+        """Write a control document; answer once every live replica applied it (or timed out)."""
+        change = await self.store.put(key, doc, expect_rev=expect_rev, audit=audit)
+        self._on_change(change)
+        confirmation = await self.store.wait_applied(change.epoch, confirm_timeout)
+        return change, confirmation
+
+    # following the store --------------------------------------------------------
+    def _on_change(self, change: Change) -> None:
+        if change.epoch < 0:  # the backend reconnected: whatever we missed, fetch it
+            self._schedule_resync()
+            return
+        current = self.docs.get(change.key)
+        if current is None or current.get("rev", 0) < change.epoch:
+            self._apply(change.key, change.doc)
+        if change.epoch == self.epoch + 1:
+            self.epoch = change.epoch
+            self._ack(self.epoch)
+        elif change.epoch > self.epoch + 1:
+            self._schedule_resync()
+
+    def _load(self, snapshot: Snapshot) -> None:
+        for key, doc in snapshot.docs.items():
+            current = self.docs.get(key)
+            if current is None or current.get("rev", 0) < doc.get("rev", 0):
+                self._apply(key, doc)
+        self.epoch = max(self.epoch, snapshot.epoch)
+
+    def _apply(self, key: str, doc: dict[str, Any]) -> None:
+        old = self.docs.get(key)
+        self.docs[key] = doc
+        if key == "level/global":
+            self.global_level = int(doc["level"])
+        elif key.startswith("level/model/"):
+            self.model_levels[key[len("level/model/") :]] = int(doc["level"])
+        elif key.startswith("active/"):
+            self.active[key[len("active/") :]] = doc["version"]
+        for listener in self._listeners:
+            try:
+                listener(key, old, doc)
+            except Exception:
+                log.exception("state listener failed for %s", key)
+
+    def _ack(self, epoch: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._report(epoch))
+        self._pending_acks.add(task)
+        task.add_done_callback(self._pending_acks.discard)
+
+    async def _report(self, epoch: int) -> None:
+        try:
+            await self.store.report_applied(epoch)
+        except StoreUnavailable:
+            pass  # the heartbeat reports it once the store is back
+
+    def _schedule_resync(self) -> None:
+        if self._resyncing is None or self._resyncing.done():
+            self._resyncing = asyncio.get_running_loop().create_task(self._resync())
+
+    async def _resync(self) -> None:
+        try:
+            started = time.monotonic()
+            self._load(await self.store.snapshot())
+            self.confirmed_at = started
+            await self.store.report_applied(self.epoch)
+        except StoreUnavailable as exc:
+            log.warning("state resync failed: %s", exc)
+
+    async def _beat(self) -> None:
+        """Confirm the mirror with the store several times per `max_staleness`."""
+        interval = max(0.05, self.max_staleness / 4)
+        while True:
+            started = time.monotonic()
+            try:
+                store_epoch = await asyncio.wait_for(self.store.confirm(self.epoch), interval * 2)
+                if store_epoch > self.epoch:
+                    self._load(await asyncio.wait_for(self.store.snapshot(), interval * 2))
+                    await self.store.report_applied(self.epoch)
+                self.confirmed_at = started
+            except (StoreUnavailable, asyncio.TimeoutError, OSError) as exc:
+                if self.is_stale():
+                    log.warning("cannot confirm control state (%s); serving at level %d", exc, self.on_state_loss)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

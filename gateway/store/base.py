@@ -1,0 +1,158 @@
+"""The state store: one interface, two backends (embedded SQLite, Redis).
+
+What it keeps:
+- **control state**: small documents (levels, active versions, verification status),
+  each stamped with the store-wide `epoch` at which it last changed (`rev`). Every replica
+  mirrors all of it in memory; the store pushes each change to every replica.
+- **collections**: larger, request-driven documents (review tickets, incidents, pending
+  changes, the notification outbox) read on demand, updated with compare-and-set.
+- **replica liveness**: which gateway processes are alive and which epoch each applied,
+  so a change can answer only once every live replica obeys it.
+- **topics**: small messages between replicas (a ticket decided, a ticket created).
+
+Backends differ only in reach: embedded serves one process, Redis any number.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached; callers fail closed."""
+
+
+class StaleWrite(Exception):
+    """A compare-and-set found something else than expected; `current` is what is there."""
+
+    def __init__(self, current: dict[str, Any] | None) -> None:
+        super().__init__("the stored value changed meanwhile")
+        self.current = current
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    epoch: int
+    key: str
+    doc: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    epoch: int
+    docs: dict[str, dict[str, Any]]
+
+
+@dataclass(slots=True)
+class Confirmation:
+    """Who applied an epoch: the answer to "does every replica obey this change yet?"."""
+
+    epoch: int
+    applied_by: list[str] = field(default_factory=list)
+    replicas: list[str] = field(default_factory=list)
+
+    @property
+    def missing(self) -> list[str]:
+        return sorted(set(self.replicas) - set(self.applied_by))
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"epoch": self.epoch, "applied_by": len(self.applied_by), "replicas": len(self.replicas)}
+        if self.missing:
+            out["unconfirmed"] = self.missing
+        return out
+
+
+ChangeListener = Callable[[Change], None]
+TopicListener = Callable[[dict[str, Any]], None]
+
+
+class Store(abc.ABC):
+    """The contract both backends meet; `tests/store/` runs one suite against each."""
+
+    replica_id: str
+    shared: bool  # True when several processes share this store
+
+    # lifecycle -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self, on_change: ChangeListener) -> Snapshot:
+        """Connect, start pushing changes to `on_change`, and return the current state."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # control state --------------------------------------------------------------
+    @abc.abstractmethod
+    async def snapshot(self) -> Snapshot:
+        """All control documents and the epoch they are consistent at (one atomic read)."""
+
+    @abc.abstractmethod
+    async def put(
+        self,
+        key: str,
+        doc: dict[str, Any],
+        *,
+        expect_rev: int | None = None,
+        audit: dict[str, Any] | None = None,
+    ) -> Change:
+        """Set `key` atomically: bump the epoch, stamp `rev`, append `audit`, notify replicas.
+
+        With `expect_rev`, the write happens only if the current document's `rev` equals it
+        (0: the key must not exist); otherwise `StaleWrite` carries the current document.
+        """
+
+    @abc.abstractmethod
+    async def audit_log(self, *, key_prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit entries of control changes, newest first, each with `epoch` and `key`."""
+
+    # replicas -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def confirm(self, applied_epoch: int) -> int:
+        """Heartbeat: mark this replica alive at `applied_epoch`; return the store's epoch."""
+
+    @abc.abstractmethod
+    async def report_applied(self, epoch: int) -> None:
+        """Tell writers this replica now obeys everything up to `epoch`."""
+
+    @abc.abstractmethod
+    async def wait_applied(self, epoch: int, timeout: float) -> Confirmation:
+        """Wait until every live replica applied `epoch`, or `timeout` passes."""
+
+    # collections ----------------------------------------------------------------
+    @abc.abstractmethod
+    async def insert(self, coll: str, id: str, doc: dict[str, Any]) -> None:
+        """Add a document; `StaleWrite` if the id exists."""
+
+    @abc.abstractmethod
+    async def get(self, coll: str, id: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def update(self, coll: str, id: str, doc: dict[str, Any], *, expect: dict[str, Any]) -> None:
+        """Replace a document if each field in `expect` still has that value, else `StaleWrite`."""
+
+    @abc.abstractmethod
+    async def query(
+        self, coll: str, *, where: dict[str, Any] | None = None, limit: int = 100, newest_first: bool = True
+    ) -> list[dict[str, Any]]:
+        """Documents whose fields equal `where`, ordered by insertion."""
+
+    @abc.abstractmethod
+    async def delete(self, coll: str, id: str) -> None: ...
+
+    # topics ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def publish(self, topic: str, message: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def subscribe(self, topic: str, listener: TopicListener) -> Callable[[], None]:
+        """Call `listener` for each message on `topic` (from any replica); returns an unsubscribe."""
+
+
+def now() -> float:
+    return time.time()
+
+
+OnChange = Callable[[Change], Awaitable[None] | None]

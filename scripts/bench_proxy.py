@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Proxy benchmark: the demo model direct vs through the gateway, side by side in one run.
+
+Starts the demo model and the gateway (one worker) as separate processes, drives load
+from a third (wrk when installed, else scripts/loadgen.py), alternates direct and
+through-gateway runs, and prints medians: req/s at 32 connections, p50/p99 at 1 and 32
+connections, the gateway's CPU per request, the first-byte delay it adds to a stream,
+and its resident memory over 100,000 requests.
+
+    python scripts/bench_proxy.py                # all of it (about 3 minutes)
+    python scripts/bench_proxy.py --rounds 1 --memory-requests 0
+    python scripts/bench_proxy.py --level 1      # all decisions recorded
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib as b  # noqa: E402
+
+PREDICT = '{"applicant":{"id":"a-17","group":"A","income":52000}}'
+CHAT = '{"model":"demo","messages":[{"role":"user","content":"hello"}],"stream":true}'
+
+
+def set_level(port: int, level: int) -> None:
+    import httpx
+
+    if level == 0:
+        return
+    r = httpx.put(f"http://127.0.0.1:{port}/admin/oversight/global", json={"level": level, "reason": "benchmark"},
+                  headers={"authorization": f"Bearer {b.OPERATOR_TOKEN}"}, timeout=10)
+    r.raise_for_status()
+
+
+def first_byte_ms(port: int, path: str, token: str | None) -> float:
+    """Time from sending a streaming request to the first event's bytes."""
+    body = CHAT.encode()
+    auth = f"authorization: Bearer {token}\r\n" if token else ""
+    request = (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n{auth}"
+               f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        started = time.perf_counter()
+        s.sendall(request)
+        seen = b""
+        while b"data:" not in seen:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError("stream ended before its first event")
+            seen += chunk
+        return (time.perf_counter() - started) * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--level", type=int, default=0, help="global oversight level during the run")
+    parser.add_argument("--memory-requests", type=int, default=100_000)
+    parser.add_argument("--stream-samples", type=int, default=100)
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON too")
+    args = parser.parse_args()
+
+    with b.tempdir() as tmp:
+        up_port, gw_port = b.free_port(), b.free_port()
+        config = b.write_config(tmp, up_port, gw_port)
+        upstream = b.demo_model(up_port, "1", "--stream-delay-ms", "5")
+        gateway = b.gateway(config, gw_port, "0", log=tmp / "gateway.log")
+        try:
+            set_level(gw_port, args.level)
+            direct_url = f"http://127.0.0.1:{up_port}/predict"
+            gw_url = f"http://127.0.0.1:{gw_port}/models/demo/predict"
+            run = lambda url, c, s=args.seconds: b.wrk(url, connections=c, seconds=s, body=PREDICT, token=b.CLIENT_TOKEN, cpus="1")  # noqa: E731
+            run(direct_url, 32, 2)  # warm both paths
+            run(gw_url, 32, 2)
+            rows: dict[str, list[dict]] = {"direct c32": [], "gateway c32": [], "direct c1": [], "gateway c1": []}
+            cpu_per_request: list[float] = []
+            for _ in range(args.rounds):
+                rows["direct c32"].append(run(direct_url, 32))
+                cpu0 = b.cpu_seconds(gateway.pid)
+                result = run(gw_url, 32)
+                cpu_per_request.append((b.cpu_seconds(gateway.pid) - cpu0) / max(1, result["requests"]) * 1e6)
+                rows["gateway c32"].append(result)
+                rows["direct c1"].append(run(direct_url, 1))
+                rows["gateway c1"].append(run(gw_url, 1))
+
+            direct_fb, gw_fb = [], []
+            for _ in range(args.stream_samples):
+                direct_fb.append(first_byte_ms(up_port, "/v1/chat/completions", None))
+                gw_fb.append(first_byte_ms(gw_port, "/v1/chat/completions", b.CLIENT_TOKEN))
+
+            memory: list[tuple[int, float]] = []
+            total = 0
+            while args.memory_requests and total < args.memory_requests:
+                total += run(gw_url, 32, 10)["requests"]
+                memory.append((total, b.rss_mb(gateway.pid)))
+        finally:
+            b.stop(gateway)
+            b.stop(upstream)
+
+    med = {name: {k: b.median([r[k] for r in runs]) for k in ("rps", "p50", "p99", "errors")} for name, runs in rows.items()}
+    print(f"proxy benchmark: level {args.level}, {args.rounds} rounds of {args.seconds:g}s, wrk -t1, gateway pinned to cpu0, "
+          f"demo model and load on cpu1; medians")
+    print(f"{'':14}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    for name, m in med.items():
+        print(f"{name:14}{m['rps']:10.0f}{m['p50']:10.3f}{m['p99']:10.3f}{m['errors']:8.0f}")
+    added_p50 = med["gateway c1"]["p50"] - med["direct c1"]["p50"]
+    added_p99 = med["gateway c1"]["p99"] - med["direct c1"]["p99"]
+    ratio = med["gateway c32"]["rps"] / med["direct c32"]["rps"]
+    fb_added = b.median(gw_fb) - b.median(direct_fb)
+    print(f"gateway/direct throughput at 32 connections: {ratio:.2f}")
+    print(f"added latency at 1 connection: p50 {added_p50:+.3f} ms, p99 {added_p99:+.3f} ms")
+    print(f"gateway CPU per request at 32 connections: {b.median(cpu_per_request):.0f} us")
+    print(f"streaming first byte: direct p50 {b.median(direct_fb):.3f} ms, gateway p50 {b.median(gw_fb):.3f} ms, added {fb_added:+.3f} ms")
+    if memory:
+        first, last = memory[0][1], memory[-1][1]
+        low, high = min(m for _, m in memory), max(m for _, m in memory)
+        print(f"gateway RSS: {first:.1f} MB after {memory[0][0]} requests, {last:.1f} MB after {memory[-1][0]}; "
+              f"range {low:.1f}-{high:.1f} MB ({(high / low - 1) * 100:.1f} % spread)")
+    if args.json:
+        print(json.dumps({"medians": med, "added_p50_ms": added_p50, "added_p99_ms": added_p99, "throughput_ratio": ratio,
+                          "cpu_us_per_request": b.median(cpu_per_request), "first_byte_added_ms": fb_added, "memory": memory}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""Helpers shared by the benchmark scripts: processes, free ports, wrk, CPU and memory readings.
+
+Benchmarks are scripts, not tests: they start real processes on loopback, alternate the
+configurations they compare within one run, and print medians and ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT_TOKEN = "gw_bench_client"
+OPERATOR_TOKEN = "gw_bench_operator"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def taskset(cpus: str | None) -> list[str]:
+    if cpus is None or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        return []
+    return ["taskset", "-c", cpus]
+
+
+def start(cmd: list[str], port: int, cpus: str | None = None, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(taskset(cpus) + cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            start_new_session=True)
+    wait_port(port, proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def demo_model(port: int, cpus: str | None = None, *args: str) -> subprocess.Popen:
+    return start([sys.executable, "-m", "gateway", "demo-model", "--port", str(port), *args], port, cpus)
+
+
+def write_config(directory: Path, upstream_port: int, port: int, *, store: str = "embedded", extra: str = "") -> Path:
+    import hashlib
+
+    def h(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    policy = directory / "policy.yaml"
+    if not policy.exists():
+        policy.write_text(f"extends: {ROOT / 'policies' / 'default.yaml'}\n")
+    config = directory / "gateway.yaml"
+    config.write_text(
+        f"""
+listen: {{host: 127.0.0.1, port: {port}}}
+data_dir: {directory / 'data'}
+store: {store}
+policy: {policy}
+logging: {{level: warning, access_log: false}}
+models:
+  demo:
+    versions:
+      v1: {{upstream: "http://127.0.0.1:{upstream_port}"}}
+tokens:
+  - {{id: bench-client, role: client, sha256: {h(CLIENT_TOKEN)}}}
+  - {{id: bench-operator, role: operator, sha256: {h(OPERATOR_TOKEN)}}}
+{extra}
+"""
+    )
+    return config
+
+
+def gateway(config: Path, port: int, cpus: str | None = None, log: Path | None = None) -> subprocess.Popen:
+    return start([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)], port, cpus, log=log)
+
+
+@contextmanager
+def tempdir():
+    with tempfile.TemporaryDirectory(prefix="gw-bench-") as d:
+        yield Path(d)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (and its finished children), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+_WRK_LUA = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {token}"
+"""
+
+
+def wrk(url: str, *, connections: int, seconds: float, body: str, token: str, cpus: str | None = None) -> dict:
+    """Drive `url` with wrk (or the Python load generator without it); return req/s and latency percentiles."""
+    if shutil.which("wrk") is None:
+        return pyload(url, connections=connections, seconds=seconds, body=body, token=token, cpus=cpus)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(_WRK_LUA.format(body=body.replace("'", "\\'"), token=token))
+        script = f.name
+    try:
+        out = subprocess.run(
+            taskset(cpus) + ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", script, url],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    finally:
+        os.unlink(script)
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> dict:
+    def ms(text: str) -> float:
+        value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    result["requests"] = int(re.search(r"(\d+) requests in", out).group(1))
+    for pct in ("50", "99"):
+        match = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
+        result[f"p{pct}"] = ms(match.group(1)) if match else float("nan")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["errors"] = (int(errors.group(1)) if errors else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)
+    return result
+
+
+def pyload(url: str, *, connections: int, seconds: float, body: str, token: str, cpus: str | None = None) -> dict:
+    cmd = taskset(cpus) + [sys.executable, str(ROOT / "scripts" / "loadgen.py"), url, "--connections", str(connections),
+                           "--seconds", str(seconds), "--body", body, "--token", token]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2

@@ -1,0 +1,79 @@
+"""A small HTTP/1.1 keep-alive load generator, used by the benchmarks when wrk is not installed.
+
+Runs as its own process (so it never shares an event loop with what it measures) and
+prints one JSON object: rps, requests, errors, p50 and p99 in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from urllib.parse import urlsplit
+
+
+async def worker(host: str, port: int, request: bytes, deadline: float, latencies: list[float], errors: list[int]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            chunked = False
+            for line in head.split(b"\r\n"):
+                lower = line.lower()
+                if lower.startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+                elif lower.startswith(b"transfer-encoding:") and b"chunked" in lower:
+                    chunked = True
+            if chunked:
+                while True:
+                    size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                    await reader.readexactly(size + 2)
+                    if size == 0:
+                        break
+            else:
+                await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if status >= 300:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--body", default="{}")
+    parser.add_argument("--token", default="")
+    args = parser.parse_args()
+    url = urlsplit(args.url)
+    body = args.body.encode()
+    request = (
+        f"POST {url.path or '/'} HTTP/1.1\r\nhost: {url.hostname}:{url.port}\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {args.token}\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    latencies: list[float] = []
+    errors: list[int] = []
+    started = time.perf_counter()
+    deadline = started + args.seconds
+    await asyncio.gather(*(worker(url.hostname, url.port, request, deadline, latencies, errors) for _ in range(args.connections)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")  # noqa: E731
+    print(json.dumps({"rps": len(latencies) / elapsed, "requests": len(latencies), "errors": len(errors), "p50": pick(0.5), "p99": pick(0.99)}))
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main())

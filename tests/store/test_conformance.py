@@ -1,0 +1,149 @@
+"""One contract, two backends: every test here runs against the embedded store and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.store import Change, StaleWrite, Store
+from gateway.store.embedded import EmbeddedStore
+from gateway.store.redis import RedisStore
+from tests.support import eventually
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def store(request, tmp_path):
+    changes: list[Change] = []
+    if request.param == "embedded":
+        s: Store = EmbeddedStore(tmp_path / "state.sqlite3")
+    else:
+        s = RedisStore(request.getfixturevalue("redis_url"))
+    await s.open(changes.append)
+    s.seen = changes  # type: ignore[attr-defined]
+    yield s
+    await s.close()
+
+
+async def test_put_bumps_the_epoch_and_stamps_rev(store):
+    first = await store.put("level/global", {"level": 1})
+    second = await store.put("level/model/demo", {"level": 3})
+    assert second.epoch == first.epoch + 1
+    snap = await store.snapshot()
+    assert snap.epoch == second.epoch
+    assert snap.docs["level/global"] == {"level": 1, "rev": first.epoch}
+    assert snap.docs["level/model/demo"]["rev"] == second.epoch
+
+
+async def test_every_change_reaches_the_listener_in_order(store):
+    for level in range(4):
+        await store.put("level/global", {"level": level})
+    await eventually(lambda: _async(len(store.seen) >= 4))
+    assert [c.doc["level"] for c in store.seen] == [0, 1, 2, 3]
+    assert [c.epoch for c in store.seen] == sorted(c.epoch for c in store.seen)
+
+
+async def test_compare_and_set_refuses_a_stale_write(store):
+    created = await store.put("active/demo", {"version": "v1"}, expect_rev=0)
+    with pytest.raises(StaleWrite) as refused:
+        await store.put("active/demo", {"version": "v2"}, expect_rev=0)
+    assert refused.value.current["version"] == "v1"
+    await store.put("active/demo", {"version": "v2"}, expect_rev=created.epoch)
+    with pytest.raises(StaleWrite):
+        await store.put("active/demo", {"version": "v3"}, expect_rev=created.epoch)
+    assert (await store.snapshot()).docs["active/demo"]["version"] == "v2"
+
+
+async def test_concurrent_compare_and_set_has_exactly_one_winner(store):
+    base = await store.put("active/demo", {"version": "v1"})
+    results = await asyncio.gather(
+        *(store.put("active/demo", {"version": f"v{i}"}, expect_rev=base.epoch) for i in range(2, 12)),
+        return_exceptions=True,
+    )
+    winners = [r for r in results if isinstance(r, Change)]
+    assert len(winners) == 1
+    assert all(isinstance(r, StaleWrite) for r in results if not isinstance(r, Change))
+
+
+async def test_audit_log_keeps_who_and_why_newest_first(store):
+    await store.put("level/global", {"level": 2}, audit={"actor": "ops-1", "reason": "drill"})
+    await store.put("level/model/demo", {"level": 4}, audit={"actor": "ops-2", "reason": "kill"})
+    await store.put("level/global", {"level": 0}, audit={"actor": "ops-1", "reason": "done"})
+    entries = await store.audit_log()
+    assert [e["reason"] for e in entries] == ["done", "kill", "drill"]
+    assert [e["actor"] for e in await store.audit_log(key_prefix="level/global")] == ["ops-1", "ops-1"]
+    assert (await store.audit_log(limit=1))[0]["key"] == "level/global"
+
+
+async def test_collections_insert_get_update_query_delete(store):
+    await store.insert("tickets", "t1", {"id": "t1", "status": "pending", "model": "a"})
+    await store.insert("tickets", "t2", {"id": "t2", "status": "pending", "model": "b"})
+    await store.insert("tickets", "t3", {"id": "t3", "status": "decided", "model": "a"})
+    with pytest.raises(StaleWrite):
+        await store.insert("tickets", "t1", {"id": "t1"})
+    assert (await store.get("tickets", "t2"))["model"] == "b"
+    assert await store.get("tickets", "nope") is None
+    pending = await store.query("tickets", where={"status": "pending"})
+    assert [d["id"] for d in pending] == ["t2", "t1"]
+    oldest_first = await store.query("tickets", newest_first=False, limit=2)
+    assert [d["id"] for d in oldest_first] == ["t1", "t2"]
+    await store.update("tickets", "t1", {"id": "t1", "status": "decided", "model": "a"}, expect={"status": "pending"})
+    with pytest.raises(StaleWrite) as refused:
+        await store.update("tickets", "t1", {"id": "t1", "status": "rejected"}, expect={"status": "pending"})
+    assert refused.value.current["status"] == "decided"
+    assert [d["id"] for d in await store.query("tickets", where={"status": "decided", "model": "a"})] == ["t3", "t1"]
+    await store.delete("tickets", "t3")
+    assert await store.get("tickets", "t3") is None
+
+
+async def test_concurrent_updates_have_exactly_one_winner(store):
+    await store.insert("tickets", "t", {"id": "t", "status": "pending"})
+    results = await asyncio.gather(
+        *(store.update("tickets", "t", {"id": "t", "status": "decided", "by": i}, expect={"status": "pending"}) for i in range(8)),
+        return_exceptions=True,
+    )
+    assert sum(r is None for r in results) == 1
+
+
+async def test_topics_deliver_messages(store):
+    got: list[dict] = []
+    unsubscribe = store.subscribe("decisions", got.append)
+    await store.publish("decisions", {"ticket": "t1"})
+    await eventually(lambda: _async(got))
+    unsubscribe()
+    await store.publish("decisions", {"ticket": "t2"})
+    await asyncio.sleep(0.05)
+    assert got == [{"ticket": "t1"}]
+
+
+async def test_a_replica_confirms_what_it_applied(store):
+    change = await store.put("level/global", {"level": 4})
+    await store.confirm(change.epoch)
+    await store.report_applied(change.epoch)
+    confirmation = await store.wait_applied(change.epoch, timeout=1.0)
+    assert confirmation.replicas == [store.replica_id]
+    assert confirmation.applied_by == [store.replica_id]
+    assert confirmation.missing == []
+
+
+async def test_state_survives_reopening(store, tmp_path, request):
+    await store.put("level/global", {"level": 3})
+    await store.insert("tickets", "t1", {"id": "t1"})
+    await store.close()
+    reopened = EmbeddedStore(tmp_path / "state.sqlite3") if isinstance(store, EmbeddedStore) else RedisStore(store.url)
+    snap = await reopened.open(lambda change: None)
+    try:
+        assert snap.docs["level/global"]["level"] == 3
+        assert await reopened.get("tickets", "t1") == {"id": "t1"}
+    finally:
+        await reopened.close()
+        # the fixture closes `store` again: give it a fresh one to close
+        store.close = _noop  # type: ignore[method-assign]
+
+
+async def _async(value):
+    return value
+
+
+async def _noop():
+    return None

@@ -1,0 +1,228 @@
+"""Real servers for tests: redis-server, gateway processes, in-process gateways on loopback.
+
+Nothing here fakes a component: Redis is a real `redis-server` on a free port, gateways
+listen on real sockets, and configs are real files validated like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_POLICY = ROOT / "policies" / "default.yaml"
+
+TOKENS = {
+    "client": "gw_test_client",
+    "client2": "gw_test_client_two",
+    "reviewer": "gw_test_reviewer",
+    "reviewer2": "gw_test_reviewer_two",
+    "operator": "gw_test_operator",
+    "operator2": "gw_test_operator_two",
+    "auditor": "gw_test_auditor",
+}
+_ROLE_OF = {"client2": "client", "reviewer2": "reviewer", "operator2": "operator"}
+
+
+def auth(name: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {TOKENS[name]}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on port {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
+
+
+# redis-server ----------------------------------------------------------------------
+@dataclass
+class RedisServer:
+    port: int
+    directory: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed: apt-get install -y redis-server (scripts/test.sh does it)")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def flush(self) -> None:
+        import redis
+
+        client = redis.Redis(port=self.port)
+        client.flushall()
+        client.close()
+
+
+# config files ----------------------------------------------------------------------
+def write_config(
+    directory: Path,
+    models: dict[str, Any],
+    *,
+    store: str = "embedded",
+    policy: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    name: str = "gateway.yaml",
+) -> Path:
+    """A config file for `models` ({name: {version: upstream_url or version dict}})."""
+    directory.mkdir(parents=True, exist_ok=True)
+    policy_path = directory / f"{Path(name).stem}-policy.yaml"
+    policy_path.write_text(yaml.safe_dump({"extends": str(DEFAULT_POLICY), **(policy or {})}))
+    config: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "data_dir": str(directory / "data"),
+        "store": store,
+        "policy": str(policy_path),
+        "logging": {"level": "info", "access_log": True},
+        "tokens": [
+            {"id": f"test-{name}", "role": _ROLE_OF.get(name, name), "sha256": hashlib.sha256(token.encode()).hexdigest()}
+            for name, token in TOKENS.items()
+        ],
+        "models": {
+            model: {"versions": {v: (spec if isinstance(spec, dict) else {"upstream": spec}) for v, spec in versions.items()}}
+            for model, versions in models.items()
+        },
+    }
+    for key, value in (extra or {}).items():
+        config[key] = value
+    path = directory / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# gateways --------------------------------------------------------------------------
+@dataclass
+class InProcessGateway:
+    """A gateway served by uvicorn on a loopback port, inside the test's event loop."""
+
+    url: str
+    gateway: Any
+    client: httpx.AsyncClient
+    server: Any = field(repr=False, default=None)
+
+
+@asynccontextmanager
+async def serve_in_process(config_path: Path) -> AsyncIterator[InProcessGateway]:
+    import uvicorn
+
+    from gateway.app import GatewayApp
+    from gateway.context import Gateway
+
+    gw = Gateway.from_files(config_path)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(GatewayApp(gw), host="127.0.0.1", port=port, lifespan="on", log_config=None,
+                       access_log=False, http="httptools", server_header=False)
+    )
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("gateway did not start")
+        await asyncio.sleep(0.01)
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        try:
+            yield InProcessGateway(url, gw, client, server)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 15)
+
+
+@dataclass
+class GatewayProcess:
+    """A gateway in its own process (`python -m gateway serve`)."""
+
+    config: Path
+    port: int
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "GatewayProcess":
+        self.log_path = self.log_path or Path(tempfile.mkstemp(prefix="gateway-", suffix=".log")[1])
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config), "--port", str(self.port)],
+            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        wait_port(self.port, self.proc, timeout)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+
+async def eventually(check, timeout: float = 5.0, interval: float = 0.02):
+    """Poll an async `check()` until it returns a truthy value (which is returned)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
