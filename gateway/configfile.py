@@ -109,11 +109,13 @@ def _friendly(err: dict[str, Any]) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    if len(msg) > 1 and msg[1].islower():
+        msg = msg[0].lower() + msg[1:]
     got = err.get("input")
     if isinstance(got, (str, int, float, bool)) and kind not in ("value_error",):
         shown = repr(got) if len(repr(got)) <= 60 else repr(got)[:57] + "..."
-        return f"{msg[0].lower()}{msg[1:]} (got {shown})"
-    return msg[0].lower() + msg[1:]
+        return f"{msg} (got {shown})"
+    return msg
 
 
 def _interpolate(value: Any, loc: tuple[Any, ...], problems: list[str], file: str) -> Any:
@@ -145,4 +147,4 @@ def resolve_path(value: str | Path | None, base_dir: Path | None) -> Path | None
     p = Path(value).expanduser()
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
-    return p
+    return Path(os.path.normpath(p))

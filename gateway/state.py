@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.store import Change, Confirmation, Snapshot, Store, StoreUnavailable
+from gateway.store import Change, Confirmation, Snapshot, StaleWrite, Store, StoreUnavailable
 
 log = logging.getLogger("gateway.state")
 
@@ -154,18 +154,49 @@ class ControlState:
         except StoreUnavailable as exc:
             log.warning("state resync failed: %s", exc)
 
+    async def _restore_store(self) -> None:
+        """The store went back in time (restarted without its data): put our state back.
+
+        Levels, kill switches and active versions must not silently reset to defaults.
+        Each missing document is written only if still missing, so replicas restoring at
+        once write it once; then the store's epochs are the authority again.
+        """
+        log.error("the state store lost its data (epoch %d behind this replica's); restoring from this replica", self.epoch)
+        snapshot = await self.store.snapshot()
+        for key, doc in self.docs.items():
+            if key in snapshot.docs:
+                continue
+            restored = {k: v for k, v in doc.items() if k != "rev"}
+            audit = {"action": "restore", "actor": f"replica:{self.store.replica_id}", "reason": "state store lost its data"}
+            try:
+                await self.store.put(key, restored, expect_rev=0, audit=audit)
+            except StaleWrite:
+                pass
+        fresh = await self.store.snapshot()
+        self.docs = {}
+        self.epoch = 0
+        self._load(fresh)
+
     async def _beat(self) -> None:
         """Confirm the mirror with the store several times per `max_staleness`."""
         interval = max(0.05, self.max_staleness / 4)
+        failing_closed = False
         while True:
             started = time.monotonic()
             try:
                 store_epoch = await asyncio.wait_for(self.store.confirm(self.epoch), interval * 2)
-                if store_epoch > self.epoch:
+                if store_epoch < self.epoch:
+                    await self._restore_store()
+                elif store_epoch > self.epoch:
                     self._load(await asyncio.wait_for(self.store.snapshot(), interval * 2))
                     await self.store.report_applied(self.epoch)
                 self.confirmed_at = started
+                if failing_closed:
+                    failing_closed = False
+                    log.warning("control state confirmed again; levels as set")
             except (StoreUnavailable, asyncio.TimeoutError, OSError) as exc:
-                if self.is_stale():
-                    log.warning("cannot confirm control state (%s); serving at level %d", exc, self.on_state_loss)
+                if self.is_stale() and not failing_closed:
+                    failing_closed = True
+                    log.error("cannot confirm control state (%s); serving every model at level %d until it can",
+                              exc or exc.__class__.__name__, self.on_state_loss)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -29,3 +29,19 @@ def own_redis(tmp_path):
     server = RedisServer(free_port(), tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """One demo model process for the session; `demo` resets it for each test."""
+    from tests.support import start_demo
+
+    model = start_demo("--stream-delay-ms", "50")
+    yield model
+    model.stop()
+
+
+@pytest.fixture
+def demo(demo_model):
+    demo_model.reset()
+    return demo_model

@@ -147,18 +147,18 @@ class InProcessGateway:
 
 
 @asynccontextmanager
-async def serve_in_process(config_path: Path) -> AsyncIterator[InProcessGateway]:
+async def serve_in_process(config_path: Path, client_verify: Any = True) -> AsyncIterator[InProcessGateway]:
     import uvicorn
 
     from gateway.app import GatewayApp
+    from gateway.cli.serve import server_config
     from gateway.context import Gateway
 
     gw = Gateway.from_files(config_path)
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(GatewayApp(gw), host="127.0.0.1", port=port, lifespan="on", log_config=None,
-                       access_log=False, http="httptools", server_header=False)
-    )
+    config = server_config(GatewayApp(gw), port=port)
+    config.loop = "none"  # run inside the test's event loop
+    server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -166,8 +166,9 @@ async def serve_in_process(config_path: Path) -> AsyncIterator[InProcessGateway]
             task.result()
             raise RuntimeError("gateway did not start")
         await asyncio.sleep(0.01)
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    scheme = "https" if gw.config.listen.tls else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url, timeout=30, verify=client_verify) as client:
         try:
             yield InProcessGateway(url, gw, client, server)
         finally:
@@ -226,3 +227,50 @@ async def eventually(check, timeout: float = 5.0, interval: float = 0.02):
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+# the demo model --------------------------------------------------------------------
+@dataclass
+class DemoModel:
+    """The demo model in its own process; `url` comes from its start line."""
+
+    proc: subprocess.Popen
+    url: str
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/_demo/stats", timeout=5).json()
+
+    def configure(self, **switches: Any) -> None:
+        httpx.post(f"{self.url}/_demo/config", json=switches, timeout=5).raise_for_status()
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_demo/reset", timeout=5).raise_for_status()
+
+
+def start_demo(*args: str, timeout: float = 15.0) -> DemoModel:
+    """Start `python -m gateway demo-model --port 0` and wait for its start line."""
+    import select
+
+    from gateway.demo import START_LINE_RE
+
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo-model", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline().strip() if ready else ""
+    match = START_LINE_RE.match(line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"demo model did not start (first line: {line!r})")
+    return DemoModel(proc, match["url"])

@@ -40,23 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = gateway.config
     setup_logging(config.logging.level)
     demo = _start_demo_model(gateway) if args.with_demo_model else None
-    tls = config.listen.tls
-    server = uvicorn.Server(
-        uvicorn.Config(
-            GatewayApp(gateway),
-            host=args.host or config.listen.host,
-            port=args.port if args.port is not None else config.listen.port,
-            loop="uvloop" if sys.platform != "win32" else "asyncio",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            server_header=False,
-            log_config=None,
-            ssl_certfile=str(tls.cert) if tls else None,
-            ssl_keyfile=str(tls.key) if tls else None,
-            timeout_graceful_shutdown=10,
-        )
-    )
+    server = uvicorn.Server(server_config(GatewayApp(gateway), host=args.host, port=args.port))
     try:
         server.run()
     finally:
@@ -67,6 +51,29 @@ def _serve(args: argparse.Namespace) -> int:
         print("error: the gateway did not start; the log line above says why", file=sys.stderr)
         return 1
     return 0
+
+
+def server_config(app, *, host: str | None = None, port: int | None = None):
+    """How uvicorn runs the gateway: one worker, uvloop and httptools, TLS from the config."""
+    import uvicorn
+
+    config = app.gateway.config
+    tls = config.listen.tls
+    return uvicorn.Config(
+        app,
+        host=host or config.listen.host,
+        port=port if port is not None else config.listen.port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,  # the gateway is the edge: it adds X-Forwarded-For, it does not trust it
+        log_config=None,
+        ssl_certfile=str(tls.cert) if tls else None,
+        ssl_keyfile=str(tls.key) if tls else None,
+        timeout_graceful_shutdown=10,
+    )
 
 
 def _start_demo_model(gateway) -> subprocess.Popen:

@@ -1,0 +1,136 @@
+"""The upstream client on its own: keep-alive, retries, flow control, timeouts, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import pytest
+
+from gateway.proxy.upstream import UpstreamError, UpstreamPool
+from tests.proxy.echo import EchoUpstream
+
+
+@pytest.fixture
+async def echo():
+    upstream = await EchoUpstream().start()
+    yield upstream
+    await upstream.stop()
+
+
+async def _json(pool: UpstreamPool, method: bytes, target: bytes, body=b"", headers=None) -> tuple[int, dict]:
+    response = await pool.request(method, target, headers or [], body)
+    data = b"".join([chunk async for chunk in response.iter_chunks()])
+    return response.status, json.loads(data)
+
+
+async def test_connections_are_kept_alive_and_reused(echo):
+    pool = UpstreamPool(echo.url)
+    for i in range(5):
+        status, seen = await _json(pool, b"POST", b"/echo?i=%d" % i, b"hello")
+        assert status == 200 and seen["query"] == f"i={i}" and seen["body_length"] == 5
+    assert echo.connections == 1
+    pool.close()
+
+
+async def test_the_base_path_prefixes_every_target(echo):
+    pool = UpstreamPool(echo.url + "/api/v2/")
+    _, seen = await _json(pool, b"GET", b"/x?y=1")
+    assert (seen["path"], seen["query"]) == ("/api/v2/x", "y=1")
+    pool.close()
+
+
+async def test_a_stale_idle_connection_is_replaced_transparently(echo):
+    pool = UpstreamPool(echo.url)
+    await _json(pool, b"GET", b"/echo")
+    echo.drop_connections()  # the upstream closes the idle connection behind the pool's back
+    await asyncio.sleep(0.05)
+    status, _ = await _json(pool, b"GET", b"/echo")
+    assert status == 200 and echo.connections == 2
+    pool.close()
+
+
+async def test_a_request_racing_an_idle_close_is_retried_once(echo):
+    pool = UpstreamPool(echo.url)
+    await _json(pool, b"GET", b"/echo")
+    (conn,) = pool._idle
+    conn.closed = False  # the pool has not yet noticed: the close arrives as the request is sent
+    echo.drop_connections()
+    status, seen = await _json(pool, b"POST", b"/echo", b"replayable")
+    assert status == 200 and seen["body_length"] == 10
+    pool.close()
+
+
+async def test_streamed_request_bodies_are_sent_chunked(echo):
+    pool = UpstreamPool(echo.url)
+
+    async def body():
+        for i in range(10):
+            yield bytes([i]) * 1000
+
+    _, seen = await _json(pool, b"POST", b"/echo", body())
+    expected = b"".join(bytes([i]) * 1000 for i in range(10))
+    assert seen["body_length"] == 10_000
+    assert seen["body_sha256"] == hashlib.sha256(expected).hexdigest()
+    assert ("transfer-encoding", "chunked") in [tuple(h) for h in seen["headers"]]
+    pool.close()
+
+
+async def test_a_large_answer_streams_with_bounded_buffering(echo):
+    pool = UpstreamPool(echo.url)
+    response = await pool.request(b"GET", b"/big?size=20000000", [])
+    assert not response.complete
+    await asyncio.sleep(0.2)  # do not read: the client must stop reading from the socket
+    assert response._conn.buffered <= 512 * 1024
+    total = 0
+    async for chunk in response.iter_chunks():
+        total += len(chunk)
+    assert total == 20_000_000
+    status, _ = await _json(pool, b"GET", b"/echo")  # and the connection is clean for reuse
+    assert status == 200 and echo.connections == 1
+    pool.close()
+
+
+async def test_head_requests_do_not_wait_for_a_body(echo):
+    pool = UpstreamPool(echo.url)
+    response = await asyncio.wait_for(pool.request(b"HEAD", b"/echo", []), 2)
+    assert response.status == 200 and response.complete and response.take_body() == b""
+    pool.close()
+
+
+async def test_refused_reset_and_timeout_are_told_apart(echo):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    with pytest.raises(UpstreamError) as refused:
+        await UpstreamPool(f"http://127.0.0.1:{closed_port}").request(b"GET", b"/", [])
+    assert refused.value.kind == "connect"
+    with pytest.raises(UpstreamError) as reset:
+        await UpstreamPool(echo.url).request(b"GET", b"/reset", [])
+    assert reset.value.kind == "reset"
+    with pytest.raises(UpstreamError) as slow:
+        await UpstreamPool(echo.url, read_timeout=0.2).request(b"GET", b"/hang", [])
+    assert slow.value.kind == "timeout"
+    response = await UpstreamPool(echo.url).request(b"GET", b"/truncate", [])
+    with pytest.raises(UpstreamError) as broke:
+        async for _ in response.iter_chunks():
+            pass
+    assert broke.value.kind == "reset"
+
+
+async def test_cancelling_a_request_closes_its_connection(echo):
+    pool = UpstreamPool(echo.url)
+    task = asyncio.create_task(pool.request(b"GET", b"/hang", []))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if echo.closed_early:
+            break
+        await asyncio.sleep(0.02)
+    assert echo.closed_early == 1
+    assert not pool._idle
