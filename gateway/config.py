@@ -137,8 +137,19 @@ class ModelConfig(_Strict):
 
 class TokenConfig(_Strict):
     id: str = Field(pattern=_NAME)
-    role: Role
+    role: Role | None = None
+    roles: tuple[Role, ...] | None = Field(None, description="several roles for one token, e.g. [client, reviewer]")
     sha256: str = Field(description="hex SHA-256 of the token; `gateway token new` prints it")
+
+    @model_validator(mode="after")
+    def _one_of_role_or_roles(self) -> "TokenConfig":
+        if (self.role is None) == (not self.roles):
+            raise ValueError("give `role: R` or `roles: [R, ...]`")
+        return self
+
+    @property
+    def all_roles(self) -> frozenset[str]:
+        return frozenset(self.roles or (self.role,))  # type: ignore[arg-type]
 
     @field_validator("sha256")
     @classmethod

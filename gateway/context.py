@@ -77,6 +77,6 @@ class Gateway:
     def authorize(self, authorization: str | None, *roles: str) -> Caller:
         """The caller behind a bearer token, if it has one of `roles`."""
         caller = self.tokens.identify(authorization)
-        if roles and caller.role not in roles:
+        if roles and not caller.has(*roles):
             raise Forbidden(f"token {caller.id!r} has role {caller.role!r}; this needs {' or '.join(roles)}")
         return caller

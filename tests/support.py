@@ -168,12 +168,13 @@ async def serve_in_process(config_path: Path, client_verify: Any = True) -> Asyn
         await asyncio.sleep(0.01)
     scheme = "https" if gw.config.listen.tls else "http"
     url = f"{scheme}://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=url, timeout=30, verify=client_verify) as client:
-        try:
-            yield InProcessGateway(url, gw, client, server)
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(task, 15)
+    client = httpx.AsyncClient(base_url=url, timeout=30, verify=client_verify)
+    try:
+        yield InProcessGateway(url, gw, client, server)
+    finally:
+        await client.aclose()  # before the server: an open keep-alive connection delays its shutdown
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
 
 
 @dataclass

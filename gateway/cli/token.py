@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from gateway.auth import new_token
+from gateway.cli import CliError
 from gateway.config import ROLES
 
 
@@ -18,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _new(args: argparse.Namespace) -> int:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", args.id):
+        raise CliError(f"--id {args.id!r}: use letters, digits, '.', '_' or '-' (up to 64)")
     token, digest = new_token()
     print(f"token: {token}")
     print("# add to `tokens:` in the config (the token itself is not stored anywhere):")

@@ -84,7 +84,7 @@ class DataPlane:
         watcher: asyncio.Task[None] | None = None
         try:
             ex.caller = self.gw.tokens.identify(_header(headers, b"authorization"))
-            if ex.caller.role != "client":
+            if not ex.caller.has("client"):
                 raise Forbidden(f"token {ex.caller.id!r} has role {ex.caller.role!r}; model traffic needs a client token")
             route, target, body = await self._resolve(scope, headers, receive, ex)
             if isinstance(body, bytes):
