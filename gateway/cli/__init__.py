@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "gateway.cli.config_cmd",
     "gateway.cli.token",
     "gateway.cli.demo",
+    "gateway.cli.evidence",
+    "gateway.cli.model",
 ]
 
 

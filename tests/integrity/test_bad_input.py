@@ -158,7 +158,10 @@ def test_duplicate_resource_names_are_invalid(signed_by_us) -> None:
     assert not report.valid and any("duplicate resource name 'README.md'" in p for p in report.problems)
 
 
-@pytest.mark.parametrize(("name", "expected"), [("../outside.txt", "escapes the model folder"), ("sub/../../x", "escapes"), ("/etc/passwd", "absolute path"), ("a//b", "normalised"), ("./a", "normalised")])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("../outside.txt", "escapes the model folder"), ("sub/../../x", "escapes"), ("/etc/passwd", "absolute path"), ("a//b", "normalised"), ("./a", "normalised")],
+)
 def test_unsafe_resource_names_are_invalid(signed_by_us, name: str, expected: str) -> None:
     statement, check = signed_by_us
     resources = statement["predicate"]["resources"] + [{"name": name, "digest": "00" * 32, "algorithm": "sha256"}]

@@ -18,7 +18,7 @@ from gateway.integrity import sign_model, verify_model
 
 from .conftest import load_bundle
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 DAY = dt.timedelta(days=1)
 
 

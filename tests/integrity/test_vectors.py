@@ -11,7 +11,7 @@ import pytest
 
 from gateway.integrity import sign_model, verify_model
 
-from .conftest import VECTOR_MODEL, VECTOR_PUB, VECTOR_ROOT_DIGEST, VECTOR_SIG, VECTORS, load_bundle, signed_files, writable_copy
+from .conftest import VECTOR_MODEL, VECTOR_PUB, VECTOR_ROOT_DIGEST, VECTOR_SIG, VECTORS, load_bundle, signed_files
 
 FILES = signed_files(VECTOR_MODEL)
 NON_EMPTY = [f for f in FILES if (VECTOR_MODEL / f).stat().st_size]
