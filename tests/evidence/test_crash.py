@@ -34,8 +34,9 @@ def test_kill_9_mid_run_loses_no_acknowledged_record(tmp_path):
     key = generate_signing_key()
     write_keypair(key, tmp_path / "k.key", tmp_path / "k.pub")
     logdir = tmp_path / "log"
+    errfile = open(tmp_path / "stderr.txt", "w+")
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(logdir), str(tmp_path / "k.key")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=errfile, text=True)
     printed: list[int] = []
     deadline = time.monotonic() + 30
     try:
@@ -45,10 +46,14 @@ def test_kill_9_mid_run_loses_no_acknowledged_record(tmp_path):
                 break
             printed.append(int(line))
         os.kill(proc.pid, signal.SIGKILL)
-        rest, err = proc.communicate(timeout=10)
+        rest = proc.stdout.read()  # the same buffered reader: lines it already pulled in are not lost
+        proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
+        errfile.seek(0)
+        err = errfile.read()
+        errfile.close()
     printed += [int(x) for x in rest.split()]
     assert proc.returncode == -signal.SIGKILL
     assert len(printed) >= 1500, err

@@ -95,3 +95,13 @@ def test_ciphertext_moved_to_another_record_does_not_decrypt(tmp_path, key):
 def test_bad_key_length_is_refused(tmp_path, key):
     with pytest.raises(ValueError, match="32 bytes"):
         open_log(tmp_path, key, encryption_key=b"short", key_id="x")
+
+
+def test_every_body_gets_its_own_nonce(tmp_path, key):
+    with open_log(tmp_path, key, encryption_key=os.urandom(32), key_id="k") as log:
+        for i in range(400):  # more than one 4 KiB nonce pool
+            log.append(record(i), {"a": b"x", "b": b"x"})
+        ivs = [env["iv"] for i in range(400) for env in json.loads(log.read_leaf(i))["bodies"].values()]
+        cts = {env["ct"] for i in range(400) for env in json.loads(log.read_leaf(i))["bodies"].values()}
+    assert len(set(ivs)) == len(ivs) == 800
+    assert len(cts) == 800  # same plaintext, same key: still 800 different ciphertexts

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gateway.evidence import EvidenceLog, EvidenceLogCorrupt, EvidenceLogError, canonical, verify_log
+from gateway.evidence import EvidenceLogCorrupt, EvidenceLogError, canonical, verify_log
 from gateway.evidence.checkpoints import parse_note
 from gateway.evidence.merkle import leaf_hash, mth, verify_consistency, verify_inclusion
 from gateway.evidence.segments import frame, list_segments
@@ -235,3 +235,24 @@ def test_a_corrupt_record_in_the_middle_is_kept(tmp_path, key, caplog):
     assert f.path.read_bytes() == bytes(data)
     report = verify_log(tmp_path)
     assert not report.ok and report.first_problem.index == f.index
+
+
+def test_torn_checkpoint_note_is_cut_at_open(tmp_path, key, caplog):
+    fill(tmp_path, key, 15)
+    path = tmp_path / "checkpoints.log"
+    good = path.read_bytes()
+    path.write_bytes(good + good[: good.index(b"\n\n") + 10])  # a note cut inside its signature line
+    with caplog.at_level(logging.WARNING, logger="gateway.evidence"), open_log(tmp_path, key) as log:
+        assert log.latest_checkpoint().size == 15
+    assert any("torn checkpoint" in r.message for r in caplog.records)
+    assert path.read_bytes() == good
+    assert verify_log(tmp_path, key.public_key()).ok
+
+
+def test_damaged_checkpoint_log_refuses_to_open(tmp_path, key):
+    fill(tmp_path, key, 15)
+    path = tmp_path / "checkpoints.log"
+    dash = "\u2014".encode()
+    path.write_bytes(path.read_bytes().replace(b"\n\n" + dash, b"\nX\n" + dash, 1))
+    with pytest.raises(EvidenceLogCorrupt, match="checkpoints.log"):
+        open_log(tmp_path, key)

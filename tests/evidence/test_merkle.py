@@ -243,3 +243,41 @@ def test_repair_levels_recomputes_upper_levels_from_leaves(tmp_path):
     again = MerkleTree(files, 70)
     assert again.root() == ref_mth(LEAVES_70)
     assert again.inclusion_proof(3, 70) == ref_path(3, LEAVES_70)
+
+
+def test_appends_hash_amortised_once_and_proofs_read_logarithmically(tmp_path, monkeypatch):
+    import gateway.evidence.merkle as merkle
+
+    calls = {"node": 0, "read": 0}
+    real_node_hash = merkle.node_hash
+
+    def counting_node_hash(left, right):
+        calls["node"] += 1
+        return real_node_hash(left, right)
+
+    monkeypatch.setattr(merkle, "node_hash", counting_node_hash)
+    tree = MerkleTree(TreeFiles(tmp_path / "tree"))
+    n = 5000
+    for i in range(n):
+        tree.append_leaf(leaf_hash(b"%d" % i))
+    assert calls["node"] == n - bin(n).count("1")  # one interior node per merge: O(1) amortised
+    tree.flush()
+
+    files = TreeFiles(tmp_path / "tree")
+    real_read = files.read
+
+    def counting_read(level, index):
+        calls["read"] += 1
+        return real_read(level, index)
+
+    files.read = counting_read
+    stored = MerkleTree(files, n)
+    bound = 2 * (n - 1).bit_length()
+    for m, size in ((0, n), (2047, n), (4999, n), (1234, 4097), (77, 3001)):
+        calls["read"] = 0
+        stored.inclusion_proof(m, size)
+        assert calls["read"] <= bound, (m, size, calls["read"])
+    for m, size in ((1, n), (1000, n), (4096, 4999), (3001, 3002)):
+        calls["read"] = 0
+        stored.consistency_proof(m, size)
+        assert calls["read"] <= bound + 2, (m, size, calls["read"])

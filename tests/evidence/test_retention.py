@@ -86,11 +86,16 @@ def test_segment_removed_behind_retentions_back_is_reported(tmp_path, key):
         removed = log.apply_retention(now=T0 + 20 + 1000, retention_seconds=1000)
     assert removed
     segs = list_segments(tmp_path / "segments")
-    segs[1].path.unlink()  # not declared in retention.json
+    # Deleting a segment and declaring it in retention.json is not enough: the log itself must vouch.
+    manifest = json.loads((tmp_path / "retention.json").read_text())
+    manifest["removed"].append({"segment": segs[1].name, "first": segs[1].first_index,
+                                "end": segs[2].first_index, "removed_at": T0})
+    (tmp_path / "retention.json").write_text(json.dumps(manifest))
+    segs[1].path.unlink()
     report = verify_log(tmp_path, key.public_key())
     assert not report.ok
     assert report.first_problem.index == segs[1].first_index
-    assert "retention did not remove them" in report.first_problem.reason
+    assert "no checkpointed retention record" in report.first_problem.reason
 
 
 def test_retained_log_reopens_and_keeps_appending(tmp_path, key):

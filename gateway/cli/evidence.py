@@ -1,0 +1,78 @@
+"""`gateway evidence keygen` and `gateway evidence verify DIR [--key PUB]`.
+
+verify exits 0 when the log verifies, 1 when it does not (one line naming the
+first bad record), 2 when the directory or key cannot be read at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gateway.cli import CliError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evidence", help="evidence log: signing keys and offline verification")
+    sub = parser.add_subparsers(dest="evidence_command", metavar="SUBCOMMAND", parser_class=type(parser))
+    parser.set_defaults(func=lambda args: _usage(parser))
+
+    keygen = sub.add_parser("keygen", help="create an Ed25519 checkpoint signing key pair")
+    keygen.add_argument("--out", default="evidence-signing", metavar="PREFIX",
+                        help="write PREFIX.key (private, mode 0600) and PREFIX.pub (default: %(default)s)")
+    keygen.add_argument("--force", action="store_true", help="overwrite existing files")
+    keygen.set_defaults(func=_keygen)
+
+    verify = sub.add_parser("verify", help="verify an evidence log directory offline")
+    verify.add_argument("directory", metavar="DIR")
+    verify.add_argument("--key", action="append", metavar="PUB",
+                        help="trusted public key PEM for checkpoint signatures (repeatable); "
+                             "without it the keys stored in DIR are used")
+    verify.add_argument("--verbose", "-v", action="store_true", help="also list every problem and warning")
+    verify.set_defaults(func=_verify)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from gateway.evidence.crypto import generate_signing_key, write_keypair
+
+    private, public = Path(args.out + ".key"), Path(args.out + ".pub")
+    for path in (private, public):
+        if path.exists() and not args.force:
+            raise CliError(f"{path} already exists (use --force to overwrite)", 2)
+    try:
+        write_keypair(generate_signing_key(), private, public, force=args.force)
+    except OSError as exc:
+        raise CliError(f"cannot write key: {exc}", 2) from None
+    print(f"private key: {private} (mode 0600; give it to the gateway only)")
+    print(f"public key:  {public} (give it to whoever runs `gateway evidence verify --key`)")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from gateway.evidence.crypto import load_public_key
+    from gateway.evidence.verify import VerifyError, verify_log
+
+    keys = []
+    for path in args.key or []:
+        try:
+            keys.append(load_public_key(Path(path)))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read public key {path}: {exc}", 2) from None
+    try:
+        report = verify_log(args.directory, keys or None)
+    except VerifyError as exc:
+        raise CliError(str(exc), 2) from None
+    except OSError as exc:
+        raise CliError(f"cannot read {args.directory}: {exc}", 2) from None
+    print(report.summary())
+    if args.verbose:
+        for problem in report.problems:
+            print(f"  problem: {problem}")
+        for warning in report.warnings:
+            print(f"  warning: {warning}")
+    return 0 if report.ok else 1

@@ -1,0 +1,192 @@
+"""Segment files: the append-only record store.
+
+A segment is `MAGIC`, then a header frame (JSON: first leaf index, key id, ...),
+then one frame per record. A frame is `length:u32be | crc32(payload):u32be |
+payload`; the payload is the canonical JSON record, which is also the Merkle
+leaf. The CRC is not a security measure (the tree is): it only lets open tell
+a write torn by a crash from a complete frame.
+
+Scanning classifies how a segment ends, because open must treat the cases
+differently: a torn tail may be cut, anything else is evidence of damage and is
+left in place for `verify` to report.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Iterator
+
+MAGIC = b"OGEVSEG1"
+FRAME = struct.Struct(">II")
+MAX_PAYLOAD = 1 << 28
+SEGMENT_RE = re.compile(r"^(\d{12})\.seg$")
+
+
+class SegmentError(Exception):
+    """A segment whose magic or header cannot be read."""
+
+
+def frame(payload: bytes) -> bytes:
+    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def segment_name(first_index: int) -> str:
+    return f"{first_index:012d}.seg"
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    first_index: int
+    key_id: str | None
+    created: float
+    log_id: str
+
+    def encode(self) -> bytes:
+        body = {"v": 1, "first_index": self.first_index, "key_id": self.key_id,
+                "cipher": "AES-256-GCM" if self.key_id else None, "created": self.created, "log_id": self.log_id}
+        return MAGIC + frame(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+@dataclass(frozen=True)
+class SegmentFile:
+    path: Path
+    first_index: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def list_segments(directory: Path) -> list[SegmentFile]:
+    """Segments sorted by first leaf index; files with other names are ignored."""
+    found = []
+    for entry in os.scandir(directory):
+        m = SEGMENT_RE.match(entry.name)
+        if m and entry.is_file():
+            found.append(SegmentFile(Path(entry.path), int(m.group(1))))
+    return sorted(found, key=lambda s: s.first_index)
+
+
+class End(Enum):
+    CLEAN = "clean"      # the last frame ends exactly at end of file
+    TORN = "torn"        # an incomplete frame (or zero fill) at end of file: a crash mid-write
+    BROKEN = "broken"    # a frame length that cannot be right, with data after it
+
+
+@dataclass(frozen=True)
+class Record:
+    offset: int
+    payload: bytes
+    crc_ok: bool
+
+
+@dataclass
+class Scan:
+    """What reading a segment found; `end`/`end_offset` are set once iteration finishes."""
+
+    header: SegmentHeader
+    data_offset: int
+    size: int
+    end: End = End.CLEAN
+    end_offset: int = 0
+
+
+def parse_header(data: bytes | mmap.mmap, name: str) -> tuple[SegmentHeader, int]:
+    if len(data) < len(MAGIC) + FRAME.size or data[: len(MAGIC)] != MAGIC:
+        raise SegmentError(f"{name}: not an evidence segment (bad magic or too short)")
+    length, crc = FRAME.unpack_from(data, len(MAGIC))
+    start = len(MAGIC) + FRAME.size
+    raw = bytes(data[start:start + length])
+    if len(raw) != length or zlib.crc32(raw) != crc:
+        raise SegmentError(f"{name}: segment header is damaged")
+    try:
+        h = json.loads(raw)
+        header = SegmentHeader(int(h["first_index"]), h.get("key_id"), float(h["created"]), str(h["log_id"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SegmentError(f"{name}: segment header is not valid ({exc})") from None
+    return header, start + length
+
+
+class SegmentReader:
+    """Read-only view of one segment file (mmap), for scans and random reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            self._map: mmap.mmap | bytes = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self.header, self.data_offset = parse_header(self._map, self.path.name)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def close(self) -> None:
+        if isinstance(self._map, mmap.mmap):
+            self._map.close()
+
+    def __enter__(self) -> "SegmentReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read_at(self, offset: int) -> bytes:
+        """The payload of the frame at `offset` (raises if it is not a whole, intact frame)."""
+        data = self._map
+        if offset + FRAME.size > len(data):
+            raise SegmentError(f"{self.path.name}: no frame at offset {offset}")
+        length, crc = FRAME.unpack_from(data, offset)
+        payload = bytes(data[offset + FRAME.size:offset + FRAME.size + length])
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            raise SegmentError(f"{self.path.name}: frame at offset {offset} is damaged")
+        return payload
+
+    def scan(self, start: int | None = None) -> tuple[Scan, Iterator[Record]]:
+        """Iterate frames from `start` (default: the first record); `Scan` says how it ended."""
+        info = Scan(self.header, self.data_offset, len(self._map))
+        return info, self._frames(info, self.data_offset if start is None else start)
+
+    def _frames(self, info: Scan, pos: int) -> Iterator[Record]:
+        data, size = self._map, len(self._map)
+        unpack, crc32, hdr = FRAME.unpack_from, zlib.crc32, FRAME.size
+        while pos < size:
+            if pos + hdr > size:
+                info.end, info.end_offset = End.TORN, pos
+                return
+            length, crc = unpack(data, pos)
+            end = pos + hdr + length
+            if length == 0 or length > MAX_PAYLOAD:
+                info.end = End.TORN if _all_zero(data, pos, size) else End.BROKEN
+                info.end_offset = pos
+                return
+            if end > size:
+                info.end, info.end_offset = End.TORN, pos
+                return
+            payload = bytes(data[pos + hdr:end])
+            yield Record(pos, payload, crc32(payload) == crc)
+            pos = end
+        info.end, info.end_offset = End.CLEAN, pos
+
+
+def pread_record(fd: int, offset: int, name: str) -> bytes:
+    """Random read of one record by offset; pread works on the active segment as it grows."""
+    head = os.pread(fd, FRAME.size, offset)
+    if len(head) != FRAME.size:
+        raise SegmentError(f"{name}: no frame at offset {offset}")
+    length, crc = FRAME.unpack(head)
+    payload = os.pread(fd, length, offset + FRAME.size)
+    if len(payload) != length or zlib.crc32(payload) != crc:
+        raise SegmentError(f"{name}: frame at offset {offset} is damaged")
+    return payload
+
+
+def _all_zero(data: bytes | mmap.mmap, start: int, end: int) -> bool:
+    return data[start:end].count(0) == end - start
