@@ -13,10 +13,11 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
-from gateway.api import common, ops
+from gateway.api import common, decisions, ops, oversight, review
 from gateway.context import Gateway
 from gateway.errors import GatewayError
 from gateway.proxy.dataplane import DataPlane
+from gateway.store import StoreUnavailable
 
 log = logging.getLogger("gateway")
 
@@ -25,11 +26,12 @@ _CONTROL_V1 = ("/v1/models", "/v1/decisions", "/v1/feedback")
 
 
 def _control_app(gateway: Gateway) -> Starlette:
-    routes = [*ops.routes()]
+    routes = [*ops.routes(), *decisions.routes(), *oversight.routes(), *review.routes()]
     app = Starlette(
         routes=routes,
         exception_handlers={
             GatewayError: common.on_gateway_error,
+            StoreUnavailable: common.on_store_down,
             HTTPException: common.on_http_error,
             Exception: common.on_unexpected,
         },

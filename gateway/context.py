@@ -7,19 +7,31 @@ one directly and call its parts as plain functions.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth import Caller, TokenTable
 from gateway.config import Config, load_config
 from gateway.errors import Forbidden
 from gateway.metrics import Metrics
 from gateway.models import Catalog
-from gateway.policy import Policy, load_policy
+from gateway.oversight.levels import LevelControl
+from gateway.oversight.plan import Plan, plan_request
+from gateway.policy import EffectiveModelPolicy, Policy, load_policy
+from gateway.recording import NullRecorder, Recorder
+from gateway.review.queue import ReviewQueue
 from gateway.state import ControlState
 from gateway.store import StaleWrite, make_store
 
+if TYPE_CHECKING:
+    from gateway.proxy.dataplane import DataPlane
+    from gateway.proxy.exchange import Exchange
+
 log = logging.getLogger("gateway")
+
+SAMPLING_KEY = "sampling"
 
 
 class Gateway:
@@ -37,6 +49,13 @@ class Gateway:
             max_staleness=policy.oversight.max_staleness,
             on_state_loss=policy.oversight.on_state_loss,
         )
+        self.recorder: Recorder = NullRecorder()
+        self.review = ReviewQueue(self.store, policy.review, self.recorder)
+        self.levels = LevelControl(self.state, policy, list(config.models), self.recorder)
+        self._model_policies = {name: policy.for_model(name) for name in config.models}
+        self._record_from = policy.oversight.record_all_from_level
+        self.sampling_key = b""
+        self.dataplane: DataPlane | None = None
         self.started_at = 0.0
 
     @classmethod
@@ -44,10 +63,13 @@ class Gateway:
         config = load_config(config_path)
         return cls(config, load_policy(config.policy))
 
+    # lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.state.add_listener(self._on_state_change)
         await self.state.start()
-        await self._seed_active_versions()
+        await self._seed()
+        await self.review.start()
         self.started_at = time.time()
         log.info(
             "gateway started",
@@ -56,23 +78,56 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        if self.dataplane is not None:
+            await self.dataplane.drain()
+        await self.review.stop()
         await self.state.stop()
         self.catalog.close()
 
-    async def _seed_active_versions(self) -> None:
-        """A model seen for the first time serves its configured version; after that the store decides."""
-        for name, model in self.config.models.items():
-            if f"active/{name}" in self.state.docs:
+    async def _seed(self) -> None:
+        """First start: each model serves its configured version, and the deployment gets a sampling key.
+
+        Written only where nothing is stored yet (compare-and-set against "absent"), so
+        replicas starting together agree, and later starts keep what operators changed.
+        """
+        seeds: dict[str, dict[str, Any]] = {
+            f"active/{name}": {"version": model.initial_version, "actor": "config", "reason": "first start", "at": time.time()}
+            for name, model in self.config.models.items()
+        }
+        seeds[SAMPLING_KEY] = {"key": os.urandom(16).hex(), "actor": "config", "reason": "first start", "at": time.time()}
+        for key, doc in seeds.items():
+            if key in self.state.docs:
                 continue
-            doc = {"version": model.initial_version, "actor": "config", "reason": "first start", "at": time.time()}
             try:
-                await self.state.change(
-                    f"active/{name}", doc, expect_rev=0,
-                    audit={"action": "activate", "actor": "config", "reason": "first start", "version": model.initial_version},
-                    confirm_timeout=0.0,
-                )
+                await self.state.change(key, doc, expect_rev=0, audit={"action": "seed", "actor": "config", "reason": "first start"},
+                                        confirm_timeout=0.0)
             except StaleWrite:
-                pass  # another replica seeded it first
+                pass  # another replica seeded it first; its change reaches us through the feed
+        if not self.sampling_key:
+            self.sampling_key = bytes.fromhex((await self.store.snapshot()).docs[SAMPLING_KEY]["key"])
+
+    def _on_state_change(self, key: str, old: dict | None, new: dict) -> None:
+        if key == SAMPLING_KEY:
+            self.sampling_key = bytes.fromhex(new["key"])
+
+    # what the request path asks ---------------------------------------------------------
+    def model_policy(self, model: str) -> EffectiveModelPolicy:
+        return self._model_policies[model]
+
+    def plan(self, model: str, level: int, request_id: bytes) -> Plan:
+        return plan_request(level, self._model_policies[model], self._record_from, request_id, self.sampling_key)
+
+    def integrity_gate(self, model: str, version: str) -> None:
+        """Refuse traffic to a version whose weights are not verified (see `gateway.integrity`)."""
+
+    def record_exchange(self, ex: "Exchange") -> int | None:
+        return self.recorder.decision(
+            {"kind": "decision", "time": time.time(), "request_id": ex.request_id.decode(), "model": ex.model,
+             "version": ex.version, "level": ex.level, "route": ex.route, "ticket": ex.ticket},
+        )
+
+    def observe_exchange(self, ex: "Exchange", elapsed: float) -> None:
+        """Live traffic signals for incident detection (see `gateway.incidents`)."""
 
     def authorize(self, authorization: str | None, *roles: str) -> Caller:
         """The caller behind a bearer token, if it has one of `roles`."""

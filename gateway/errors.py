@@ -53,6 +53,10 @@ class ServiceUnavailable(GatewayError):
     status, type = 503, "unavailable"
 
 
+class StoreDown(GatewayError):
+    status, type = 503, "store_unavailable"
+
+
 class UpstreamTimeout(GatewayError):
     status, type = 504, "upstream_timeout"
 

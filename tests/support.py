@@ -275,3 +275,19 @@ def start_demo(*args: str, timeout: float = 15.0) -> DemoModel:
         proc.kill()
         raise RuntimeError(f"demo model did not start (first line: {line!r})")
     return DemoModel(proc, match["url"])
+
+
+def gateway_factory(tmp_path: Path, models: dict[str, Any]):
+    """`async with make(policy=..., store=...) as gw:` — a fresh in-process gateway per call."""
+    count = 0
+
+    @asynccontextmanager
+    async def make(*, policy: dict[str, Any] | None = None, store: str = "embedded", extra: dict[str, Any] | None = None,
+                   directory: Path | None = None):
+        nonlocal count
+        count += 1
+        config = write_config(directory or tmp_path / f"gw{count}", models, store=store, policy=policy, extra=extra)
+        async with serve_in_process(config) as running:
+            yield running
+
+    return make

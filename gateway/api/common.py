@@ -76,6 +76,10 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return error_response(request, exc.status_code, _HTTP_TYPES.get(exc.status_code, "error"), str(message))
 
 
+async def on_store_down(request: Request, exc: Exception) -> Response:
+    return error_response(request, 503, "store_unavailable", f"the state store cannot be reached: {exc}; nothing was changed, retry later")
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     import logging
 

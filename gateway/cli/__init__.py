@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "gateway.cli.demo",
     "gateway.cli.evidence",
     "gateway.cli.model",
+    "gateway.cli.level",
+    "gateway.cli.review",
 ]
 
 

@@ -4,7 +4,8 @@ identify the caller -> resolve the model and version -> integrity gate -> oversi
 -> forward -> hold or release -> record -> observe.
 
 Pure ASGI: no framework objects per request, headers stay as bytes, the body is parsed
-only where routing needs it (`/v1`, by the body's `model`) and copied only to hold it.
+only where routing needs it (`/v1`, by the body's `model`) and kept only when the plan
+says a ticket or a record needs it.
 """
 
 from __future__ import annotations
@@ -12,88 +13,84 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import re
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, UpstreamTimeout, UpstreamUnreachable, error_body
+from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, UpstreamTimeout, UpstreamUnreachable
+from gateway.oversight.confidence import meets, read_confidence
+from gateway.oversight.plan import AUTO, HELD, HUMAN, SAMPLED, Plan
+from gateway.proxy import answers
 from gateway.proxy.body import ClientGone, declared_length, first_part, read_body, stream_rest, too_large
-from gateway.proxy.headers import client_response_headers, upstream_request_headers
+from gateway.proxy.exchange import Exchange, request_id_from
+from gateway.proxy.headers import client_response_headers, header_value, upstream_request_headers
+from gateway.proxy.prefer import parse_prefer
 from gateway.proxy.upstream import UpstreamError, UpstreamResponse
+from gateway.review.tickets import capture_headers, final_answer, make_ticket, pack_body
+from gateway.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from gateway.context import Gateway
     from gateway.models import VersionRoute
 
 log = logging.getLogger("gateway.proxy")
-_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
-_JSON = [(b"content-type", b"application/json")]
-
-
-class Exchange:
-    """What the stages learn about one request, for the answer's headers, metrics and records."""
-
-    __slots__ = (
-        "request_id", "started", "caller", "model", "version", "level", "route", "status",
-        "upstream_seconds", "disconnected", "finished", "error_type",
-    )
-
-    def __init__(self, request_id: bytes, started: float) -> None:
-        self.request_id = request_id
-        self.started = started
-        self.caller = None
-        self.model = ""
-        self.version = ""
-        self.level = -1
-        self.route = "auto"
-        self.status = 0
-        self.upstream_seconds = 0.0
-        self.disconnected = False
-        self.finished = False
-        self.error_type: str | None = None
-
-    def gateway_headers(self, upstream_seconds: float) -> list[tuple[bytes, bytes]]:
-        overhead = perf_counter() - self.started - upstream_seconds
-        headers = [(b"x-request-id", self.request_id)]
-        if self.version:
-            headers.append((b"x-model-version", self.version.encode()))
-        if self.level >= 0:
-            headers.append((b"x-oversight-level", b"%d" % self.level))
-            headers.append((b"x-oversight-route", self.route.encode()))
-        headers.append((b"x-gateway-overhead-ms", b"%.3f" % (overhead * 1000)))
-        return headers
-
-
-def _request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
-    for name, value in headers:
-        if name == b"x-request-id" and _REQUEST_ID.match(value):
-            return value
-    return os.urandom(12).hex().encode()
 
 
 class DataPlane:
     def __init__(self, gateway: "Gateway") -> None:
         self.gw = gateway
         self.limit = gateway.config.limits.max_body_bytes
+        self.buffer_limit = gateway.config.limits.max_response_buffer_bytes
+        self.streams: dict[str, set[UpstreamResponse]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        gateway.state.add_listener(self._on_state_change)
+        gateway.dataplane = self
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        ex = Exchange(_request_id(headers), perf_counter())
+        ex = Exchange(request_id_from(headers))
         task = asyncio.current_task()
         watcher: asyncio.Task[None] | None = None
+        plan: Plan | None = None
         try:
-            ex.caller = self.gw.tokens.identify(_header(headers, b"authorization"))
+            ex.caller = self.gw.tokens.identify(header_value(headers, b"authorization"))
             if not ex.caller.has("client"):
                 raise Forbidden(f"token {ex.caller.id!r} has role {ex.caller.role!r}; model traffic needs a client token")
-            route, target, body = await self._resolve(scope, headers, receive, ex)
+            route, body = await self._resolve(scope, headers, receive, ex)
+            self.gw.integrity_gate(ex.model, ex.version)
+            plan = self.gw.plan(ex.model, ex.level, ex.request_id)
+            if plan.captures and not isinstance(body, bytes):
+                body = b"".join([piece async for piece in body])
             if isinstance(body, bytes):
                 watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, ex))
-            await self._forward(scope, headers, route, target, body, ex, send)
+                if plan.captures:
+                    ex.request_body = body
+            if not plan.call_model:
+                ex.route = HUMAN
+                await self._hold(headers, ex, plan, send, kind="human", recommendation=None,
+                                 reason=f"level {plan.level}: the model is paused; a human decides")
+                return
+            response = await self._call(scope, headers, route, body, ex)
+            if plan.buffers and response.status < 400:
+                await self._hold_or_release(headers, ex, plan, response, send)
+                return
+            ex.route = SAMPLED if plan.sampled else AUTO
+            await answers.relay(
+                response, ex, send, capture=plan.captures, capture_limit=self.buffer_limit,
+                on_complete=lambda: self._record(ex, plan), streams=self.streams.setdefault(ex.model, set()),
+            )
+            if plan.sampled:
+                self._in_background(self._queue_sample(ex))
         except GatewayError as exc:
-            await self._send_error(send, ex, exc.status, exc.type, exc.message, exc.detail)
+            await answers.send_error(send, ex, exc.status, exc.type, exc.message, exc.detail)
+        except StoreUnavailable:
+            await answers.send_error(send, ex, 503, "store_unavailable",
+                                     "the oversight store cannot be reached, so this request cannot be queued for a human; retry later")
         except ClientGone:
             ex.disconnected = True
+        except UpstreamError as exc:  # the answer broke off after it started
+            self.gw.metrics.upstream_error(ex.model, ex.version, exc.kind)
+            ex.error_type = f"upstream_{exc.kind}"
+            log.warning("upstream answer broke off: %s", exc, extra={"request_id": ex.request_id.decode()})
         except asyncio.CancelledError:
             if not ex.disconnected:
                 raise
@@ -104,46 +101,43 @@ class DataPlane:
                 watcher.cancel()
             self._observe(ex)
 
-    # resolve the model and version --------------------------------------------------
+    # resolve the model and version ---------------------------------------------------
     async def _resolve(self, scope, headers, receive, ex: Exchange):
         path: str = scope["path"]
         raw_path: bytes = scope.get("raw_path") or path.encode()
         query: bytes = scope.get("query_string", b"")
+        ex.method = scope["method"]
         length = declared_length(headers)
         if length is not None and length > self.limit:
             raise too_large(self.limit)
         if path.startswith("/models/"):
-            name, _, rest = path[len("/models/") :].partition("/")
-            model = self._model(name, ex)
-            prefix = len("/models/") + len(name)
-            target = raw_path[prefix:] or b"/"
+            name = path[len("/models/"):].partition("/")[0]
+            self._model(name, ex)
+            target = raw_path[len("/models/") + len(name):] or b"/"
             first, more = await first_part(receive)
-            body = stream_rest(first, receive, self.limit) if more else first
             if not more and len(first) > self.limit:
                 raise too_large(self.limit)
+            body = stream_rest(first, receive, self.limit) if more else first
         else:  # /v1/...: the JSON body names the model
             target = raw_path
             body = await read_body(receive, self.limit)
-            name = _model_field(body)
-            model = self._model(name, ex)
-        if query:
-            target = target + b"?" + query
-        version = self.gw.state.active.get(model)
-        route = self.gw.catalog.models[model].versions.get(version) if version else None
+            self._model(_model_field(body), ex)
+        ex.target = target + b"?" + query if query else target
+        version = self.gw.state.active.get(ex.model)
+        route = self.gw.catalog.models[ex.model].versions.get(version) if version else None
         if route is None:
-            raise GatewayError(f"model {model!r} has no active version that this replica can reach", status=503, type="unavailable")
+            raise GatewayError(f"model {ex.model!r} has no active version this replica can reach", status=503, type="unavailable")
         ex.version = route.name
-        ex.level = self.gw.state.level_for(model)
-        return route, target, body
+        ex.level = self.gw.state.level_for(ex.model)
+        return route, body
 
-    def _model(self, name: str, ex: Exchange) -> str:
+    def _model(self, name: str, ex: Exchange) -> None:
         if name not in self.gw.catalog.models:
             raise NotFound(f"unknown model {name!r}; known models: {', '.join(sorted(self.gw.catalog.models))}")
         ex.model = name
-        return name
 
-    # forward and answer ---------------------------------------------------------
-    async def _forward(self, scope, headers, route: "VersionRoute", target: bytes, body, ex: Exchange, send) -> None:
+    # forward -----------------------------------------------------------------------
+    async def _call(self, scope, headers, route: "VersionRoute", body, ex: Exchange) -> UpstreamResponse:
         client = scope.get("client")
         upstream_headers = upstream_request_headers(
             headers,
@@ -154,7 +148,7 @@ class DataPlane:
         )
         sent = perf_counter()
         try:
-            response = await route.pool.request(scope["method"].encode(), target, upstream_headers, body)
+            response = await route.pool.request(ex.method.encode(), ex.target, upstream_headers, body)
         except UpstreamError as exc:
             self.gw.metrics.upstream_error(ex.model, ex.version, exc.kind)
             if exc.kind == "timeout":
@@ -163,52 +157,98 @@ class DataPlane:
         ex.upstream_seconds = perf_counter() - sent
         if response.status >= 500:
             self.gw.metrics.upstream_error(ex.model, ex.version, "5xx")
-        await self._relay(response, ex, send)
+        return response
 
-    async def _relay(self, response: UpstreamResponse, ex: Exchange, send) -> None:
-        """Pass the answer through: in one piece if it is already here, else chunk by chunk."""
-        ex.status = response.status
-        start = {
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": client_response_headers(response.headers, keep_length=True) + ex.gateway_headers(ex.upstream_seconds),
-        }
-        if response.complete:
-            body = response.take_body()
-            await send(start)
-            ex.finished = True
-            await send({"type": "http.response.body", "body": body})
-            return
+    # hold or release ---------------------------------------------------------------
+    async def _hold_or_release(self, headers, ex: Exchange, plan: Plan, response: UpstreamResponse, send) -> None:
+        """Levels 2 and 3: the whole answer is read before anything reaches the client."""
+        upstream_seconds = ex.upstream_seconds
         try:
-            await send(start)
-            while chunk := await response.read_chunk():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except UpstreamError as exc:
-            self.gw.metrics.upstream_error(ex.model, ex.version, exc.kind)
-            ex.error_type = f"upstream_{exc.kind}"
-            log.warning("upstream answer broke off", extra={"request_id": ex.request_id.decode(), "error": str(exc)})
-            return  # the client sees a truncated answer, never a clean end
-        finally:
-            response.release()
-        ex.finished = True
-        await send({"type": "http.response.body", "body": b""})
+            body = await answers.read_all(response, self.buffer_limit)
+        except answers.AnswerTooLarge:
+            ex.route = HELD
+            await self._hold(headers, ex, plan, send, kind="hold", recommendation=None,
+                             reason=f"the answer is larger than limits.max_response_buffer_bytes ({self.buffer_limit}); not kept")
+            return
+        ex.upstream_seconds = upstream_seconds + 0.0
+        out_headers = client_response_headers(response.headers, keep_length=False)
+        ex.response_status, ex.response_headers, ex.response_body = response.status, out_headers, body
+        recommendation = {"status": response.status, "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in out_headers],
+                          **pack_body(body)}
+        if plan.hold_all:
+            ex.route = HELD
+            await self._hold(headers, ex, plan, send, kind="hold", recommendation=recommendation,
+                             reason=f"level {plan.level}: every answer is reviewed; the model's answer is a recommendation")
+            return
+        source = self.gw.model_policy(ex.model).confidence
+        ex.confidence = read_confidence(source, response.headers, body)
+        if meets(ex.confidence, plan.threshold):  # type: ignore[arg-type]
+            ex.route = SAMPLED if plan.sampled else AUTO
+            await answers.send_whole(send, ex, response.status, out_headers, body, on_complete=lambda: self._record(ex, plan))
+            if plan.sampled:
+                self._in_background(self._queue_sample(ex))
+            return
+        ex.route = HELD
+        reason = (f"confidence {ex.confidence:.4g} is below the threshold {plan.threshold:g}" if ex.confidence is not None
+                  else f"confidence missing or unreadable ({source.source}); the threshold is {plan.threshold:g}")
+        await self._hold(headers, ex, plan, send, kind="hold", recommendation=recommendation, reason=reason)
 
-    async def _send_error(self, send, ex: Exchange, status: int, type: str, message: str, detail=None) -> None:
-        ex.status = status
-        ex.error_type = type
-        body = error_body(type, message, ex.request_id.decode(), detail)
-        headers = _JSON + [(b"content-length", b"%d" % len(body))] + ex.gateway_headers(0.0)
-        if status == 401:
-            headers.append((b"www-authenticate", b'Bearer realm="gateway"'))
-        ex.finished = True
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _hold(self, headers, ex: Exchange, plan: Plan, send, *, kind: str, recommendation, reason: str) -> None:
+        """Store a ticket durably, then answer 202 (or the decision, if it comes within `Prefer: wait`)."""
+        review = self.gw.policy.review
+        ticket = make_ticket(
+            kind=kind, request_id=ex.request_id.decode(), caller=ex.caller.id, model=ex.model,  # type: ignore[union-attr]
+            version=ex.version, level=ex.level, reason=reason, request=self._request_capture(headers, ex),
+            recommendation=recommendation, confidence=ex.confidence, timeout=review.timeout,
+            policy_version=self.gw.policy.version,
+        )
+        await self.gw.review.add(ticket)
+        ex.ticket = ticket["id"]
+        await self.gw.recorder.durable(self._record(ex, plan))
+        prefer = parse_prefer(headers)
+        applied = b"respond-async" if prefer.respond_async else None
+        if prefer.wait is not None and not prefer.respond_async:
+            wait = min(prefer.wait, review.max_hold_wait)
+            applied = b"wait=%d" % wait
+            closed = await self.gw.review.wait(ticket["id"], wait)
+            if closed is not None:
+                status, out_headers, body = final_answer(closed)
+                await answers.send_whole(send, ex, status, out_headers + [(b"preference-applied", applied)], body)
+                return
+        await answers.send_pending(send, ex, ticket, preference=applied)
 
-    # observe ---------------------------------------------------------------------
+    def _request_capture(self, headers, ex: Exchange) -> dict[str, Any]:
+        return {
+            "method": ex.method,
+            "path": ex.target.decode("latin-1"),
+            "headers": capture_headers(headers, self.gw.policy.evidence.redact_headers),
+            **pack_body(ex.request_body or b""),
+        }
+
+    async def _queue_sample(self, ex: Exchange) -> None:
+        """A served answer picked for post-hoc review: a ticket that blocks nobody."""
+        ticket = make_ticket(
+            kind="sample", request_id=ex.request_id.decode(), caller=ex.caller.id, model=ex.model,  # type: ignore[union-attr]
+            version=ex.version, level=ex.level, reason=f"sampled at level {ex.level} for post-hoc review",
+            request={"method": ex.method, "path": ex.target.decode("latin-1"), **pack_body(ex.request_body or b"")},
+            recommendation={"status": ex.response_status,
+                            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in ex.response_headers],
+                            **pack_body(ex.response_body or b""), "truncated": ex.truncated},
+            confidence=ex.confidence, timeout=None, policy_version=self.gw.policy.version,
+        )
+        await self.gw.review.add(ticket)
+
+    # record and observe --------------------------------------------------------------
+    def _record(self, ex: Exchange, plan: Plan) -> int | None:
+        if not (plan.record or ex.route in (HELD, HUMAN, SAMPLED)):
+            return None
+        return self.gw.record_exchange(ex)
+
     def _observe(self, ex: Exchange) -> None:
         elapsed = perf_counter() - ex.started
         status = ex.status if not ex.disconnected else 499
         self.gw.metrics.observe(ex.model or "-", ex.version or "-", status, ex.route, elapsed, elapsed - ex.upstream_seconds)
+        self.gw.observe_exchange(ex, elapsed)
         if self.gw.access_log:
             self.gw.access_log.info(
                 "request",
@@ -221,9 +261,43 @@ class DataPlane:
                     "route": ex.route,
                     "status": status,
                     "ms": round(elapsed * 1000, 3),
+                    "ticket": ex.ticket,
                     "error": ex.error_type,
                 },
             )
+
+    # streams and background work -------------------------------------------------------
+    def _on_state_change(self, key: str, old: dict | None, new: dict) -> None:
+        if key.startswith("level/") and new.get("level") == 4 and self.gw.policy.oversight.end_streams_on_pause:
+            model = None if key == "level/global" else key[len("level/model/"):]
+            ended = self.end_streams(model)
+            if ended:
+                log.warning("level 4: ended %d stream(s) in flight", ended, extra={"model": model or "*"})
+
+    def end_streams(self, model: str | None) -> int:
+        """End the streams in flight for `model` (or every model): used when a level 4 lands."""
+        ended = 0
+        for name, responses in self.streams.items():
+            if model is None or name == model:
+                for response in list(responses):
+                    response.abort("the model was paused (level 4) while this answer streamed")
+                    ended += 1
+        return ended
+
+    def _in_background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background review work failed: %s", task.exception())
+
+    async def drain(self) -> None:
+        """Let queued post-hoc work finish (at shutdown)."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=10)
 
 
 async def _watch_disconnect(receive, task, ex: Exchange) -> None:
@@ -232,13 +306,6 @@ async def _watch_disconnect(receive, task, ex: Exchange) -> None:
     if message["type"] == "http.disconnect" and not ex.finished:
         ex.disconnected = True
         task.cancel()
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for n, v in headers:
-        if n == name:
-            return v
-    return None
 
 
 def _model_field(body: bytes) -> str:

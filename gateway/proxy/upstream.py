@@ -210,6 +210,11 @@ class UpstreamResponse:
         while chunk := await self.read_chunk():
             yield chunk
 
+    def abort(self, reason: str) -> None:
+        """End this answer now (a pause landed): the reader gets an `ended` error."""
+        self._conn._fail(UpstreamError("ended", reason))
+        self._conn.abort()
+
     def release(self) -> None:
         """Give the connection back for reuse if it is clean, else close it. Idempotent."""
         if self._released:

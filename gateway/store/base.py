@@ -137,7 +137,11 @@ class Store(abc.ABC):
     async def query(
         self, coll: str, *, where: dict[str, Any] | None = None, limit: int = 100, newest_first: bool = True
     ) -> list[dict[str, Any]]:
-        """Documents whose fields equal `where`, ordered by insertion."""
+        """Documents whose fields equal `where`, ordered by insertion.
+
+        A document's `status` field is indexed: `where={"status": ...}` reads only the
+        documents with that status, so the queue of pending tickets stays cheap to scan.
+        """
 
     @abc.abstractmethod
     async def delete(self, coll: str, id: str) -> None: ...

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, coll TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL,
     UNIQUE (coll, id)
 );
+CREATE INDEX IF NOT EXISTS records_by_status ON records (coll, json_extract(doc, '$.status'), seq);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', 0);
 """
 
@@ -206,8 +207,12 @@ class EmbeddedStore(Store):
             sql = "SELECT doc FROM records WHERE coll=?"
             params: list[Any] = [coll]
             for name, value in (where or {}).items():
-                sql += " AND json_extract(doc, ?) IS ?"
-                params += [f"$.{name}", value]
+                if name == "status":  # the indexed field: spelled as the index spells it
+                    sql += " AND json_extract(doc, '$.status') = ?"
+                    params.append(value)
+                else:
+                    sql += " AND json_extract(doc, ?) IS ?"
+                    params += [f"$.{name}", value]
             sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
             params.append(limit)
             return [json.loads(doc) for (doc,) in self._conn().execute(sql, params)]

@@ -67,7 +67,7 @@ redis.call('PUBLISH', KEYS[4], epoch .. '\\n' .. ARGV[1] .. '\\n' .. stored)
 return {epoch, stored}
 """
 
-# KEYS: coll hash   ARGV: id, doc json, expect json
+# KEYS: coll hash, status index prefix   ARGV: id, doc json, expect json
 _UPDATE = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return {0, ''} end
@@ -76,14 +76,29 @@ for k, v in pairs(cjson.decode(ARGV[3])) do
   if doc[k] ~= v then return {0, cur} end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local new = cjson.decode(ARGV[2])
+if doc['status'] ~= new['status'] then
+  local score = nil
+  if type(doc['status']) == 'string' then
+    score = redis.call('ZSCORE', KEYS[2] .. doc['status'], ARGV[1])
+    redis.call('ZREM', KEYS[2] .. doc['status'], ARGV[1])
+  end
+  if type(new['status']) == 'string' then
+    if not score then score = redis.call('TIME')[1] end
+    redis.call('ZADD', KEYS[2] .. new['status'], score, ARGV[1])
+  end
+end
 return {1, ''}
 """
 
-# KEYS: coll hash, index zset, seq counter   ARGV: id, doc json
+# KEYS: coll hash, index zset, seq counter, status index prefix   ARGV: id, doc json
 _INSERT = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {0, redis.call('HGET', KEYS[1], ARGV[1])} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
+local seq = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+local status = cjson.decode(ARGV[2])['status']
+if type(status) == 'string' then redis.call('ZADD', KEYS[4] .. status, seq, ARGV[1]) end
 return {1, ''}
 """
 
@@ -287,7 +302,7 @@ class RedisStore(Store):
 
     # collections ----------------------------------------------------------------
     async def insert(self, coll: str, id: str, doc: dict[str, Any]) -> None:
-        keys = [self._k(f"c:{coll}"), self._k(f"ci:{coll}"), self._k(f"cseq:{coll}")]
+        keys = [self._k(f"c:{coll}"), self._k(f"ci:{coll}"), self._k(f"cseq:{coll}"), self._k(f"cs:{coll}:")]
         result = await self._call(self._insert(keys=keys, args=[id, _dumps(doc)]))
         if result[0] == 0:
             raise StaleWrite(json.loads(result[1]))
@@ -297,7 +312,8 @@ class RedisStore(Store):
         return json.loads(raw) if raw else None
 
     async def update(self, coll: str, id: str, doc: dict[str, Any], *, expect: dict[str, Any]) -> None:
-        result = await self._call(self._update(keys=[self._k(f"c:{coll}")], args=[id, _dumps(doc), json.dumps(expect)]))
+        keys = [self._k(f"c:{coll}"), self._k(f"cs:{coll}:")]
+        result = await self._call(self._update(keys=keys, args=[id, _dumps(doc), json.dumps(expect)]))
         if result[0] == 0:
             raise StaleWrite(json.loads(result[1]) if result[1] else None)
 
@@ -306,7 +322,8 @@ class RedisStore(Store):
     ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         start, step = 0, 200
-        index = self._k(f"ci:{coll}")
+        status = (where or {}).get("status")
+        index = self._k(f"cs:{coll}:{status}") if isinstance(status, str) else self._k(f"ci:{coll}")
         while len(out) < limit:
             ids = await self._call(self._redis.zrange(index, start, start + step - 1, desc=newest_first))
             if not ids:
@@ -324,8 +341,11 @@ class RedisStore(Store):
         return out
 
     async def delete(self, coll: str, id: str) -> None:
+        doc = await self.get(coll, id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hdel(self._k(f"c:{coll}"), id).zrem(self._k(f"ci:{coll}"), id)
+            if doc is not None and isinstance(doc.get("status"), str):
+                pipe.zrem(self._k(f"cs:{coll}:{doc['status']}"), id)
             await self._call(pipe.execute())
 
     # topics ---------------------------------------------------------------------

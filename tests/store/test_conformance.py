@@ -147,3 +147,16 @@ async def _async(value):
 
 async def _noop():
     return None
+
+
+async def test_status_queries_follow_status_changes(store):
+    for i in range(5):
+        await store.insert("tickets", f"t{i}", {"id": f"t{i}", "status": "pending"})
+    await store.update("tickets", "t1", {"id": "t1", "status": "decided"}, expect={"status": "pending"})
+    await store.update("tickets", "t3", {"id": "t3", "status": "decided"}, expect={"status": "pending"})
+    await store.delete("tickets", "t4")
+    pending = await store.query("tickets", where={"status": "pending"}, newest_first=False)
+    assert [d["id"] for d in pending] == ["t0", "t2"]
+    decided = await store.query("tickets", where={"status": "decided"}, newest_first=False)
+    assert [d["id"] for d in decided] == ["t1", "t3"]
+    assert [d["id"] for d in await store.query("tickets", where={"status": "pending"}, limit=1)] == ["t2"]

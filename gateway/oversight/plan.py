@@ -1,0 +1,40 @@
+"""What the effective level means for one request: call the model or not, hold or release, sample, record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.oversight.sampling import is_sampled
+from gateway.policy import EffectiveModelPolicy
+
+AUTO, SAMPLED, HELD, HUMAN = "auto", "sampled", "held", "human"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    level: int
+    call_model: bool  # False at level 4: every request is a human task
+    hold_all: bool  # level 3: every answer waits for a human
+    threshold: float | None  # level 2: answers below it (or without a confidence) wait for a human
+    sampled: bool  # queued for post-hoc review after it is served
+    record: bool  # recorded as evidence whatever happens
+
+    @property
+    def buffers(self) -> bool:
+        """The answer is read whole before anything reaches the client."""
+        return self.hold_all or self.threshold is not None
+
+    @property
+    def captures(self) -> bool:
+        """The request and answer bytes are kept (for a ticket or a record)."""
+        return self.record or self.sampled or self.buffers or not self.call_model
+
+
+def plan_request(level: int, policy: EffectiveModelPolicy, record_from: int, request_id: bytes, key: bytes) -> Plan:
+    if level >= 4:
+        return Plan(level, False, False, None, False, True)
+    if level == 3:
+        return Plan(level, True, True, None, False, True)
+    sampled = is_sampled(request_id, policy.rate_at(level), key)
+    threshold = policy.confidence_threshold if level == 2 else None
+    return Plan(level, True, False, threshold, sampled, level >= record_from or sampled)

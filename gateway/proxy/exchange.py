@@ -1,0 +1,61 @@
+"""One request's passage through the gateway: what each stage learned, for headers, metrics and records."""
+
+from __future__ import annotations
+
+import os
+import re
+from time import perf_counter
+
+from gateway.auth import Caller
+
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The client's X-Request-Id if it is a sane token, else a new one."""
+    for name, value in headers:
+        if name == b"x-request-id" and _REQUEST_ID.match(value):
+            return value
+    return os.urandom(12).hex().encode()
+
+
+class Exchange:
+    __slots__ = (
+        "request_id", "started", "caller", "model", "version", "level", "route", "status",
+        "upstream_seconds", "disconnected", "finished", "error_type", "method", "target",
+        "request_body", "response_status", "response_headers", "response_body", "confidence", "ticket", "truncated",
+    )
+
+    def __init__(self, request_id: bytes, started: float | None = None) -> None:
+        self.request_id = request_id
+        self.started = perf_counter() if started is None else started
+        self.caller: Caller | None = None
+        self.model = ""
+        self.version = ""
+        self.level = -1
+        self.route = "auto"
+        self.status = 0
+        self.upstream_seconds = 0.0
+        self.disconnected = False
+        self.finished = False
+        self.error_type: str | None = None
+        self.method = ""
+        self.target = b""
+        self.request_body: bytes | None = None  # kept only when the plan captures
+        self.response_status = 0
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.response_body: bytes | None = None
+        self.confidence: float | None = None
+        self.ticket: str | None = None
+        self.truncated = False
+
+    def gateway_headers(self) -> list[tuple[bytes, bytes]]:
+        overhead = perf_counter() - self.started - self.upstream_seconds
+        headers = [(b"x-request-id", self.request_id)]
+        if self.version:
+            headers.append((b"x-model-version", self.version.encode()))
+        if self.level >= 0:
+            headers.append((b"x-oversight-level", b"%d" % self.level))
+            headers.append((b"x-oversight-route", self.route.encode()))
+        headers.append((b"x-gateway-overhead-ms", b"%.3f" % (overhead * 1000)))
+        return headers

@@ -1,0 +1,32 @@
+"""The one interface through which the gateway records evidence.
+
+Decisions (a request and what became of it) and control actions (who changed what, and
+why) go through a `Recorder`. The evidence log implements it; `NullRecorder` keeps the
+call sites honest where no log is configured.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Recorder(Protocol):
+    def decision(self, record: dict[str, Any], bodies: dict[str, bytes] | None = None) -> int | None:
+        """Record a decision; returns once it is handed to the operating system."""
+
+    async def durable(self, index: int | None) -> None:
+        """Wait until a recorded decision is on disk (held requests, before their 202)."""
+
+    def action(self, kind: str, *, actor: str, reason: str, **details: Any) -> int | None:
+        """Record a control action: a level change, a kill, a switch, a review decision."""
+
+
+class NullRecorder:
+    def decision(self, record: dict[str, Any], bodies: dict[str, bytes] | None = None) -> int | None:
+        return None
+
+    async def durable(self, index: int | None) -> None:
+        return None
+
+    def action(self, kind: str, *, actor: str, reason: str, **details: Any) -> int | None:
+        return None

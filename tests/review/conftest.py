@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.support import gateway_factory
+
+
+@pytest.fixture
+def make_gateway(tmp_path, demo):
+    return gateway_factory(tmp_path, {"demo": {"v1": demo.url}})
