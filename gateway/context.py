@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from gateway.auth import Caller, TokenTable
 from gateway.config import Config, load_config
 from gateway.errors import Forbidden
+from gateway.incidents.sink import IncidentSink, LoggingIncidentSink
+from gateway.integrity.gate import IntegrityGate
 from gateway.metrics import Metrics
 from gateway.models import Catalog
 from gateway.oversight.levels import LevelControl
@@ -50,6 +52,13 @@ class Gateway:
             on_state_loss=policy.oversight.on_state_loss,
         )
         self.recorder: Recorder = NullRecorder()
+        self.incidents: IncidentSink = LoggingIncidentSink(self.recorder)
+        self.integrity = IntegrityGate(self.state, self.recorder, self.incidents,
+                                       reverify_interval=policy.integrity.reverify_interval,
+                                       serve_unsigned=policy.integrity.serve_unsigned)
+        for model_name, model in config.models.items():
+            for version_name, version in model.versions.items():
+                self.integrity.register(model_name, version_name, version)
         self.review = ReviewQueue(self.store, policy.review, self.recorder)
         self.levels = LevelControl(self.state, policy, list(config.models), self.recorder)
         self._model_policies = {name: policy.for_model(name) for name in config.models}
@@ -69,7 +78,10 @@ class Gateway:
         self.state.add_listener(self._on_state_change)
         await self.state.start()
         await self._seed()
+        for (model, version), config in list(self.integrity.versions.items()):
+            self.integrity.register(model, version, config)  # again, now that stored verdicts are known
         await self.review.start()
+        await self.integrity.start()
         self.started_at = time.time()
         log.info(
             "gateway started",
@@ -80,6 +92,7 @@ class Gateway:
     async def stop(self) -> None:
         if self.dataplane is not None:
             await self.dataplane.drain()
+        await self.integrity.stop()
         await self.review.stop()
         await self.state.stop()
         self.catalog.close()
@@ -118,7 +131,8 @@ class Gateway:
         return plan_request(level, self._model_policies[model], self._record_from, request_id, self.sampling_key)
 
     def integrity_gate(self, model: str, version: str) -> None:
-        """Refuse traffic to a version whose weights are not verified (see `gateway.integrity`)."""
+        """Refuse traffic to a version whose weights are not verified (see `gateway.integrity.gate`)."""
+        self.integrity.check(model, version)
 
     def record_exchange(self, ex: "Exchange") -> int | None:
         return self.recorder.decision(

@@ -85,6 +85,7 @@ class Review(_Strict):
 
 class Integrity(_Strict):
     reverify_interval: Seconds
+    serve_unsigned: bool
 
 
 class Evidence(_Strict):

@@ -26,6 +26,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_POLICY = ROOT / "policies" / "default.yaml"
+# Interop vectors made by other tools, beside the checkout (read-only).
+VECTORS = Path(os.environ.get("OMS_VECTORS", ROOT.parent / "shared" / "vectors" / "oms"))
 
 TOKENS = {
     "client": "gw_test_client",

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.integrity import keys
 from gateway.integrity.bundle import PAYLOAD_TYPE, build_bundle, pae
+from tests.support import VECTORS
 
-VECTORS = Path(os.environ.get("OMS_VECTORS", "/work/shared/vectors/oms"))
 VECTOR_MODEL = VECTORS / "model"
 VECTOR_SIG = VECTORS / "sigs" / "p256-files-sha256.sig"
 VECTOR_PUB = VECTORS / "keys" / "p256.pub.pem"

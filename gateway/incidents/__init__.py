@@ -1,0 +1,1 @@
+"""Incidents: detection from live traffic, escalation, notification, evidence preservation."""

@@ -1,0 +1,187 @@
+"""The serving gate: a version answers only while its weights verify against their signature.
+
+Verification status is control state (`verify/{model}/{version}`), so every replica
+refuses a version the moment any replica finds its files changed. Versions are verified
+at start-up, every `integrity.reverify_interval`, when registered or activated, and on
+demand. Hashing runs on worker threads (hashlib releases the GIL), one model at a time,
+so serving other models never stalls while a large one hashes.
+
+Until a signed version is verified, or after a failed verification, its requests get
+503 `model_integrity`; a failure also raises a security incident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from gateway.config import VersionConfig
+from gateway.errors import GatewayError
+from gateway.integrity.errors import IntegrityInputError
+from gateway.integrity.verify import VerificationReport, verify_model
+
+if TYPE_CHECKING:
+    from gateway.incidents.sink import IncidentSink
+    from gateway.recording import Recorder
+    from gateway.state import ControlState
+
+log = logging.getLogger("gateway.integrity")
+
+VERIFIED, FAILED, PENDING, UNSIGNED = "verified", "failed", "pending", "unsigned"
+
+
+def status_key(model: str, version: str) -> str:
+    return f"verify/{model}/{version}"
+
+
+class IntegrityGate:
+    def __init__(self, state: "ControlState", recorder: "Recorder", incidents: "IncidentSink", *,
+                 reverify_interval: float, serve_unsigned: bool) -> None:
+        self.state = state
+        self.recorder = recorder
+        self.incidents = incidents
+        self.reverify_interval = reverify_interval
+        self.serve_unsigned = serve_unsigned
+        self.versions: dict[tuple[str, str], VersionConfig] = {}
+        self.status: dict[tuple[str, str], str] = {}  # read on the request path
+        self._lock = asyncio.Lock()  # one model hashes at a time
+        self._loop_task: asyncio.Task[None] | None = None
+        state.add_listener(self._on_state_change)
+
+    # request path --------------------------------------------------------------------
+    def check(self, model: str, version: str) -> None:
+        status = self.status.get((model, version), PENDING)
+        if status == VERIFIED or (status == UNSIGNED and self.serve_unsigned):
+            return
+        doc = self.state.docs.get(status_key(model, version)) or {}
+        why = {
+            PENDING: "its weights have not been verified yet",
+            FAILED: "its weights failed verification: " + "; ".join(doc.get("problems", [])[:3]),
+            UNSIGNED: "it has no signature and the policy refuses unsigned versions",
+        }.get(status, status)
+        raise GatewayError(f"model {model} version {version} is not served: {why}", status=503, type="model_integrity",
+                           detail={"model": model, "version": version, "integrity": status})
+
+    # registering and verifying ---------------------------------------------------------
+    def register(self, model: str, version: str, config: VersionConfig) -> None:
+        self.versions[(model, version)] = config
+        doc = self.state.docs.get(status_key(model, version))
+        if not config.signed:
+            self.status[(model, version)] = UNSIGNED
+        elif doc is not None and doc.get("status") == FAILED:
+            self.status[(model, version)] = FAILED  # a failure stays until a fresh verification passes
+        else:
+            self.status.setdefault((model, version), PENDING)
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._reverify_forever(), name="gateway-integrity")
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+
+    async def verify(self, model: str, version: str, *, actor: str = "integrity-gate", reason: str = "scheduled") -> dict[str, Any]:
+        """Hash the version's files now and publish the verdict to every replica."""
+        config = self.versions.get((model, version))
+        if config is None:
+            raise KeyError((model, version))
+        if not config.signed:
+            return await self._publish(model, version, {"status": UNSIGNED, "problems": []}, actor, reason)
+        async with self._lock:
+            started = time.monotonic()
+            report = await asyncio.to_thread(_verify, config)
+        outcome = {
+            "status": VERIFIED if report.valid else FAILED,
+            "root_digest": report.root_digest,
+            "signer": report.signer,
+            "method": report.method,
+            "seconds": round(time.monotonic() - started, 3),
+            "differences": [{"path": d.path, "kind": d.kind} for d in report.differences][:50],
+            "problems": report.problems[:20] + [f"{d.kind}: {d.path}" for d in report.differences][:20],
+        }
+        previous = self.status.get((model, version))
+        result = await self._publish(model, version, outcome, actor, reason)
+        if outcome["status"] == FAILED:
+            log.error("model %s version %s failed verification: %s", model, version, "; ".join(outcome["problems"][:3]))
+            if previous != FAILED:
+                await self.incidents.raise_incident(
+                    category="security", trigger="integrity", severity="critical", model=model, version=version,
+                    summary=f"weights of {model}/{version} do not match their signature",
+                    values={"problems": outcome["problems"][:10], "root_digest": report.root_digest},
+                )
+        return result
+
+    async def verify_all(self, reason: str) -> None:
+        for model, version in list(self.versions):
+            try:
+                await self.verify(model, version, reason=reason)
+            except Exception:
+                log.exception("verifying %s/%s failed", model, version)
+
+    async def _publish(self, model: str, version: str, outcome: dict[str, Any], actor: str, reason: str) -> dict[str, Any]:
+        doc = {**outcome, "verified_at": time.time(), "by": self.state.store.replica_id}
+        await self.state.change(status_key(model, version), doc, audit={
+            "action": "verification", "actor": actor, "reason": reason, "status": doc["status"],
+            "root_digest": doc.get("root_digest"), "at": doc["verified_at"],
+        })
+        self._record(model, version, doc, actor, reason)
+        return {**doc, "rev": self.state.docs[status_key(model, version)].get("rev")}
+
+    def _record(self, model: str, version: str, doc: dict[str, Any], actor: str, reason: str) -> None:
+        self.recorder.action("verification", actor=actor, reason=reason, model=model, version=version,
+                             status=doc["status"], root_digest=doc.get("root_digest"), signer=doc.get("signer"),
+                             problems=doc.get("problems", [])[:10])
+
+    def _on_state_change(self, key: str, old: dict | None, new: dict) -> None:
+        if key.startswith("verify/"):
+            _, model, version = key.split("/", 2)
+            self.status[(model, version)] = new["status"]
+
+    async def _reverify_forever(self) -> None:
+        await self.verify_all("start-up")
+        while True:
+            await asyncio.sleep(self.reverify_interval)
+            await self.verify_all("scheduled re-verification")
+
+    def describe(self, model: str, version: str) -> dict[str, Any]:
+        doc = self.state.docs.get(status_key(model, version)) or {}
+        config = self.versions.get((model, version))
+        return {
+            "status": self.status.get((model, version), PENDING),
+            "signed": bool(config and config.signed),
+            "root_digest": doc.get("root_digest"),
+            "signer": doc.get("signer"),
+            "verified_at": doc.get("verified_at"),
+            "verified_by": doc.get("by"),
+            "problems": doc.get("problems", []),
+        }
+
+
+def _verify(config: VersionConfig) -> VerificationReport | Any:
+    """Run on a worker thread. Unusable input (missing files, bad key) is a failed verification."""
+    trust = config.trust
+    assert trust is not None and config.artifact is not None and config.signature is not None
+    try:
+        return verify_model(
+            config.artifact, signature_path=config.signature,
+            public_key_path=trust.public_key, cert_root_path=trust.cert_root, ignore_paths=config.ignore_paths,
+        )
+    except IntegrityInputError as exc:
+        return _Failed(str(exc))
+    except OSError as exc:
+        return _Failed(f"cannot read the model: {exc}")
+
+
+class _Failed:
+    """A verification that could not even start: always invalid."""
+
+    valid = False
+    root_digest = None
+    signer = None
+    method = None
+    differences: list = []
+
+    def __init__(self, problem: str) -> None:
+        self.problems = [problem]
