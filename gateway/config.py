@@ -180,6 +180,43 @@ class LoggingConfig(_Strict):
     access_log: bool = True
 
 
+class EvidenceConfig(_Strict):
+    """Where evidence goes and the keys that sign and encrypt it."""
+
+    enabled: bool = True
+    directory: Path | None = Field(None, description="default: {data_dir}/evidence; each replica takes a slot under it")
+    signing_key: Path | None = Field(None, description="Ed25519 private key (`gateway evidence keygen`); "
+                                     "default: made at first start in data_dir")
+    encryption_key: str | None = Field(None, description="32 bytes, base64 or hex, usually ${ENV}: bodies encrypted at rest")
+    encryption_key_file: Path | None = None
+    key_id: str | None = None
+    previous_keys: dict[str, str] = Field(default_factory=dict, description="key id -> key, to read older segments")
+
+    _paths = field_validator("directory", "signing_key", "encryption_key_file", mode="before")(_path_field)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> "EvidenceConfig":
+        if self.encryption_key and self.encryption_key_file:
+            raise ValueError("give encryption_key or encryption_key_file, not both")
+        for name, value in [("encryption_key", self.encryption_key), *self.previous_keys.items()]:
+            if value is not None and decode_key(value) is None:
+                raise ValueError(f"{name}: expected 32 bytes as base64 or hex")
+        return self
+
+
+def decode_key(text: str) -> bytes | None:
+    """A 32-byte key written as hex or base64; None if it is neither."""
+    import base64
+    import binascii
+
+    text = text.strip()
+    try:
+        raw = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    return raw if len(raw) == 32 else None
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     data_dir: Path = Path("data")
@@ -191,6 +228,7 @@ class Config(_Strict):
     timeouts: Timeouts = Timeouts()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
     source: Path | None = Field(None, exclude=True, description="set by the loader")
 
     _paths = field_validator("data_dir", "policy", mode="before")(_path_field)

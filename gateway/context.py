@@ -6,6 +6,7 @@ one directly and call its parts as plain functions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from gateway.auth import Caller, TokenTable
 from gateway.config import Config, load_config
 from gateway.errors import Forbidden
+from gateway.evidence.recorder import EvidenceRecorder
+from gateway.evidence.records import decision_record
 from gateway.incidents.sink import IncidentSink, LoggingIncidentSink
 from gateway.integrity.gate import IntegrityGate
 from gateway.metrics import Metrics
@@ -51,7 +54,8 @@ class Gateway:
             max_staleness=policy.oversight.max_staleness,
             on_state_loss=policy.oversight.on_state_loss,
         )
-        self.recorder: Recorder = NullRecorder()
+        self.recorder: Recorder = EvidenceRecorder(config, policy.evidence) if config.evidence.enabled else NullRecorder()
+        self._redact_headers = frozenset(h.encode() for h in policy.evidence.redact_headers)
         self.incidents: IncidentSink = LoggingIncidentSink(self.recorder)
         self.integrity = IntegrityGate(self.state, self.recorder, self.incidents,
                                        reverify_interval=policy.integrity.reverify_interval,
@@ -65,6 +69,7 @@ class Gateway:
         self._record_from = policy.oversight.record_all_from_level
         self.sampling_key = b""
         self.dataplane: DataPlane | None = None
+        self._retention: asyncio.Task[None] | None = None
         self.started_at = 0.0
 
     @classmethod
@@ -75,6 +80,9 @@ class Gateway:
     # lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.recorder, EvidenceRecorder):
+            await asyncio.to_thread(self.recorder.open)
+            self._retention = asyncio.create_task(self._retain_forever(), name="gateway-evidence-retention")
         self.state.add_listener(self._on_state_change)
         await self.state.start()
         await self._seed()
@@ -96,6 +104,21 @@ class Gateway:
         await self.review.stop()
         await self.state.stop()
         self.catalog.close()
+        if self._retention is not None:
+            self._retention.cancel()
+        if isinstance(self.recorder, EvidenceRecorder):
+            await asyncio.to_thread(self.recorder.close)
+
+    async def _retain_forever(self) -> None:
+        """Apply the evidence retention at start and then hourly (whole segments; never a held one)."""
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.recorder.log.apply_retention, time.time(), self.policy.evidence.retention)
+                if removed:
+                    log.info("evidence retention removed %d segment(s)", len(removed))
+            except Exception:
+                log.exception("evidence retention failed")
+            await asyncio.sleep(3600)
 
     async def _seed(self) -> None:
         """First start: each model serves its configured version, and the deployment gets a sampling key.
@@ -134,11 +157,13 @@ class Gateway:
         """Refuse traffic to a version whose weights are not verified (see `gateway.integrity.gate`)."""
         self.integrity.check(model, version)
 
-    def record_exchange(self, ex: "Exchange") -> int | None:
-        return self.recorder.decision(
-            {"kind": "decision", "time": time.time(), "request_id": ex.request_id.decode(), "model": ex.model,
-             "version": ex.version, "level": ex.level, "route": ex.route, "ticket": ex.ticket},
+    def record_exchange(self, ex: "Exchange", request_headers: list[tuple[bytes, bytes]]) -> int | None:
+        verdict = self.state.docs.get(f"verify/{ex.model}/{ex.version}") or {}
+        record, bodies = decision_record(
+            ex, request_headers, policy_version=self.policy.version, root_digest=verdict.get("root_digest"),
+            redact_headers=self._redact_headers, redact_pointers=self._model_policies[ex.model].redact_body or (),
         )
+        return self.recorder.decision(record, bodies)
 
     def observe_exchange(self, ex: "Exchange", elapsed: float) -> None:
         """Live traffic signals for incident detection (see `gateway.incidents`)."""

@@ -243,6 +243,11 @@ class EvidenceLog:
         self._wake.set()
         await fut
 
+    def checkpoint_now(self) -> Checkpoint:
+        """fsync and sign a checkpoint covering everything appended so far (blocking)."""
+        self._sync_once(force_checkpoint=True)
+        return self.latest_checkpoint()
+
     def sync_now(self) -> int:
         """fsync everything appended so far (blocking); returns the durable size."""
         self._sync_once()

@@ -1,8 +1,9 @@
 """Sending answers to the client over ASGI: passed through, buffered, held (202), or decided.
 
 Small answers that are complete when their headers arrive go out as one message; the
-rest stream chunk by chunk. `on_complete` runs just before the last message, so whatever
-must be recorded is recorded before the client sees the end of its answer.
+rest stream chunk by chunk. `on_complete` runs before the answer starts (whole answers)
+or before its last message (streams), so whatever must be recorded is recorded before
+the client sees the end of its answer.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ async def relay(response: UpstreamResponse, ex: Exchange, send, *, capture: bool
         body = response.take_body()
         if capture:
             ex.response_body = body
+        on_complete()  # recorded before the client sees any of it
+        ex.sent_start = True
         await send(start)
-        on_complete()
         ex.finished = True
         await send({"type": "http.response.body", "body": body})
         return
@@ -45,6 +47,7 @@ async def relay(response: UpstreamResponse, ex: Exchange, send, *, capture: bool
     if streams is not None:
         streams.add(response)
     try:
+        ex.sent_start = True
         await send(start)
         while chunk := await response.read_chunk():
             if capture and size <= capture_limit:
@@ -86,9 +89,10 @@ async def send_whole(send, ex: Exchange, status: int, headers: list[tuple[bytes,
     ex.status = status
     headers = [h for h in headers if h[0] != b"content-length"]
     headers.append((b"content-length", b"%d" % len(body)))
-    await send({"type": "http.response.start", "status": status, "headers": headers + ex.gateway_headers()})
     if on_complete is not None:
         on_complete()
+    ex.sent_start = True
+    await send({"type": "http.response.start", "status": status, "headers": headers + ex.gateway_headers()})
     ex.finished = True
     await send({"type": "http.response.body", "body": body})
 

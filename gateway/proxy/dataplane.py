@@ -16,6 +16,7 @@ import logging
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from gateway.evidence.recovery import EvidenceLogError
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, UpstreamTimeout, UpstreamUnreachable
 from gateway.oversight.confidence import meets, read_confidence
 from gateway.oversight.plan import AUTO, HELD, HUMAN, SAMPLED, Plan
@@ -76,7 +77,7 @@ class DataPlane:
             ex.route = SAMPLED if plan.sampled else AUTO
             await answers.relay(
                 response, ex, send, capture=plan.captures, capture_limit=self.buffer_limit,
-                on_complete=lambda: self._record(ex, plan), streams=self.streams.setdefault(ex.model, set()),
+                on_complete=lambda: self._record(ex, plan, headers), streams=self.streams.setdefault(ex.model, set()),
             )
             if plan.sampled:
                 self._in_background(self._queue_sample(ex))
@@ -85,6 +86,12 @@ class DataPlane:
         except StoreUnavailable:
             await answers.send_error(send, ex, 503, "store_unavailable",
                                      "the oversight store cannot be reached, so this request cannot be queued for a human; retry later")
+        except EvidenceLogError as exc:
+            log.error("cannot record evidence: %s", exc, extra={"request_id": ex.request_id.decode()})
+            if not ex.sent_start:  # nothing was served: say why
+                await answers.send_error(send, ex, 503, "evidence_unavailable",
+                                         "this decision cannot be recorded as evidence, so it is not served; retry later")
+            # else: the stream ends without its last message, so the client never sees a complete answer
         except ClientGone:
             ex.disconnected = True
         except UpstreamError as exc:  # the answer broke off after it started
@@ -184,7 +191,7 @@ class DataPlane:
         ex.confidence = read_confidence(source, response.headers, body)
         if meets(ex.confidence, plan.threshold):  # type: ignore[arg-type]
             ex.route = SAMPLED if plan.sampled else AUTO
-            await answers.send_whole(send, ex, response.status, out_headers, body, on_complete=lambda: self._record(ex, plan))
+            await answers.send_whole(send, ex, response.status, out_headers, body, on_complete=lambda: self._record(ex, plan, headers))
             if plan.sampled:
                 self._in_background(self._queue_sample(ex))
             return
@@ -204,7 +211,7 @@ class DataPlane:
         )
         await self.gw.review.add(ticket)
         ex.ticket = ticket["id"]
-        await self.gw.recorder.durable(self._record(ex, plan))
+        await self.gw.recorder.durable(self._record(ex, plan, headers))
         prefer = parse_prefer(headers)
         applied = b"respond-async" if prefer.respond_async else None
         if prefer.wait is not None and not prefer.respond_async:
@@ -239,10 +246,10 @@ class DataPlane:
         await self.gw.review.add(ticket)
 
     # record and observe --------------------------------------------------------------
-    def _record(self, ex: Exchange, plan: Plan) -> int | None:
+    def _record(self, ex: Exchange, plan: Plan, headers: list[tuple[bytes, bytes]]) -> int | None:
         if not (plan.record or ex.route in (HELD, HUMAN, SAMPLED)):
             return None
-        return self.gw.record_exchange(ex)
+        return self.gw.record_exchange(ex, headers)
 
     def _observe(self, ex: Exchange) -> None:
         elapsed = perf_counter() - ex.started

@@ -24,6 +24,7 @@ class Exchange:
         "request_id", "started", "caller", "model", "version", "level", "route", "status",
         "upstream_seconds", "disconnected", "finished", "error_type", "method", "target",
         "request_body", "response_status", "response_headers", "response_body", "confidence", "ticket", "truncated",
+        "sent_start",
     )
 
     def __init__(self, request_id: bytes, started: float | None = None) -> None:
@@ -48,6 +49,7 @@ class Exchange:
         self.confidence: float | None = None
         self.ticket: str | None = None
         self.truncated = False
+        self.sent_start = False
 
     def gateway_headers(self) -> list[tuple[bytes, bytes]]:
         overhead = perf_counter() - self.started - self.upstream_seconds
