@@ -98,8 +98,6 @@ class Gateway:
         )
 
     async def stop(self) -> None:
-        if self.dataplane is not None:
-            await self.dataplane.drain()
         await self.integrity.stop()
         await self.review.stop()
         await self.state.stop()

@@ -42,7 +42,6 @@ class DataPlane:
         self.limit = gateway.config.limits.max_body_bytes
         self.buffer_limit = gateway.config.limits.max_response_buffer_bytes
         self.streams: dict[str, set[UpstreamResponse]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
         gateway.state.add_listener(self._on_state_change)
         gateway.dataplane = self
 
@@ -80,7 +79,7 @@ class DataPlane:
                 on_complete=lambda: self._record(ex, plan, headers), streams=self.streams.setdefault(ex.model, set()),
             )
             if plan.sampled:
-                self._in_background(self._queue_sample(ex))
+                self._queue_sample(ex)
         except GatewayError as exc:
             await answers.send_error(send, ex, exc.status, exc.type, exc.message, exc.detail)
         except StoreUnavailable:
@@ -193,7 +192,7 @@ class DataPlane:
             ex.route = SAMPLED if plan.sampled else AUTO
             await answers.send_whole(send, ex, response.status, out_headers, body, on_complete=lambda: self._record(ex, plan, headers))
             if plan.sampled:
-                self._in_background(self._queue_sample(ex))
+                self._queue_sample(ex)
             return
         ex.route = HELD
         reason = (f"confidence {ex.confidence:.4g} is below the threshold {plan.threshold:g}" if ex.confidence is not None
@@ -232,7 +231,7 @@ class DataPlane:
             **pack_body(ex.request_body or b""),
         }
 
-    async def _queue_sample(self, ex: Exchange) -> None:
+    def _queue_sample(self, ex: Exchange) -> None:
         """A served answer picked for post-hoc review: a ticket that blocks nobody."""
         ticket = make_ticket(
             kind="sample", request_id=ex.request_id.decode(), caller=ex.caller.id, model=ex.model,  # type: ignore[union-attr]
@@ -243,7 +242,7 @@ class DataPlane:
                             **pack_body(ex.response_body or b""), "truncated": ex.truncated},
             confidence=ex.confidence, timeout=None, policy_version=self.gw.policy.version,
         )
-        await self.gw.review.add(ticket)
+        self.gw.review.add_sample(ticket)
 
     # record and observe --------------------------------------------------------------
     def _record(self, ex: Exchange, plan: Plan, headers: list[tuple[bytes, bytes]]) -> int | None:
@@ -273,7 +272,7 @@ class DataPlane:
                 },
             )
 
-    # streams and background work -------------------------------------------------------
+    # streams -------------------------------------------------------------------------
     def _on_state_change(self, key: str, old: dict | None, new: dict) -> None:
         if key.startswith("level/") and new.get("level") == 4 and self.gw.policy.oversight.end_streams_on_pause:
             model = None if key == "level/global" else key[len("level/model/"):]
@@ -290,21 +289,6 @@ class DataPlane:
                     response.abort("the model was paused (level 4) while this answer streamed")
                     ended += 1
         return ended
-
-    def _in_background(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background review work failed: %s", task.exception())
-
-    async def drain(self) -> None:
-        """Let queued post-hoc work finish (at shutdown)."""
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=10)
 
 
 async def _watch_disconnect(receive, task, ex: Exchange) -> None:

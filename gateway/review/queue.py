@@ -25,6 +25,7 @@ log = logging.getLogger("gateway.review")
 
 TICKETS = "tickets"
 DECISIONS_TOPIC = "decisions"
+SAMPLE_BATCH_SECONDS = 0.1
 CREATED_TOPIC = "tickets"
 
 
@@ -37,6 +38,8 @@ class ReviewQueue:
         self._listeners: list[Any] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._unsubscribe: list[Any] = []
+        self._samples: list[dict[str, Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     # lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -49,6 +52,9 @@ class ReviewQueue:
             unsubscribe()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._flusher is not None:
+            await self._flusher
+        await self._flush_samples()
 
     def add_listener(self, listener) -> None:
         """Called with every queue event (created, claimed, decided), e.g. for live consoles."""
@@ -60,6 +66,28 @@ class ReviewQueue:
         await self.store.insert(TICKETS, ticket["id"], ticket)
         await self._announce(CREATED_TOPIC, {"event": "created", "ticket": ticket["id"], "model": ticket["model"]})
         return ticket
+
+    def add_sample(self, ticket: dict[str, Any]) -> None:
+        """Queue a post-hoc sample; samples are stored in batches (nobody waits on them)."""
+        self._samples.append(ticket)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(SAMPLE_BATCH_SECONDS)
+        await self._flush_samples()
+
+    async def _flush_samples(self) -> None:
+        while self._samples:
+            batch, self._samples = self._samples[:500], self._samples[500:]
+            try:
+                await self.store.insert_many(TICKETS, batch)
+            except StoreUnavailable as exc:
+                log.error("could not store %d sampled ticket(s): %s; retrying", len(batch), exc)
+                self._samples[:0] = batch
+                await asyncio.sleep(1.0)
+                continue
+            await self._announce(CREATED_TOPIC, {"event": "created", "tickets": [t["id"] for t in batch], "kind": "sample"})
 
     async def get(self, ticket_id: str) -> dict[str, Any]:
         ticket = await self.store.get(TICKETS, ticket_id)

@@ -127,6 +127,10 @@ class Store(abc.ABC):
         """Add a document; `StaleWrite` if the id exists."""
 
     @abc.abstractmethod
+    async def insert_many(self, coll: str, docs: list[dict[str, Any]]) -> None:
+        """Add several documents (each with an `id`) in one round trip; existing ids are left alone."""
+
+    @abc.abstractmethod
     async def get(self, coll: str, id: str) -> dict[str, Any] | None: ...
 
     @abc.abstractmethod

@@ -176,6 +176,21 @@ class EmbeddedStore(Store):
 
         await self._run(write)
 
+    async def insert_many(self, coll: str, docs: list[dict[str, Any]]) -> None:
+        def write() -> None:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")  # one transaction, one fsync, for the whole batch
+            try:
+                db.executemany("INSERT OR IGNORE INTO records (coll, id, doc) VALUES (?, ?, ?)",
+                               [(coll, doc["id"], _dumps(doc)) for doc in docs])
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        await self._run(write)
+
     async def get(self, coll: str, id: str) -> dict[str, Any] | None:
         return await self._run(self._get, coll, id)
 

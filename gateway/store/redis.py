@@ -307,6 +307,13 @@ class RedisStore(Store):
         if result[0] == 0:
             raise StaleWrite(json.loads(result[1]))
 
+    async def insert_many(self, coll: str, docs: list[dict[str, Any]]) -> None:
+        keys = [self._k(f"c:{coll}"), self._k(f"ci:{coll}"), self._k(f"cseq:{coll}"), self._k(f"cs:{coll}:")]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for doc in docs:
+                await self._insert(keys=keys, args=[doc["id"], _dumps(doc)], client=pipe)
+            await self._call(pipe.execute())
+
     async def get(self, coll: str, id: str) -> dict[str, Any] | None:
         raw = await self._call(self._redis.hget(self._k(f"c:{coll}"), id))
         return json.loads(raw) if raw else None

@@ -160,3 +160,10 @@ async def test_status_queries_follow_status_changes(store):
     decided = await store.query("tickets", where={"status": "decided"}, newest_first=False)
     assert [d["id"] for d in decided] == ["t1", "t3"]
     assert [d["id"] for d in await store.query("tickets", where={"status": "pending"}, limit=1)] == ["t2"]
+
+
+async def test_insert_many_adds_a_batch_and_leaves_existing_ids_alone(store):
+    await store.insert("tickets", "t0", {"id": "t0", "status": "pending", "n": 0})
+    await store.insert_many("tickets", [{"id": f"t{i}", "status": "pending", "n": 1} for i in range(4)])
+    docs = await store.query("tickets", where={"status": "pending"}, newest_first=False)
+    assert [(d["id"], d["n"]) for d in docs] == [("t0", 0), ("t1", 1), ("t2", 1), ("t3", 1)]
