@@ -1,7 +1,10 @@
-"""`gateway evidence keygen` and `gateway evidence verify DIR [--key PUB]`.
+"""`gateway evidence keygen`, `gateway evidence verify DIR [--key PUB]` and
+`gateway evidence verify-bundle BUNDLE [--key PUB]`.
 
 verify exits 0 when the log verifies, 1 when it does not (one line naming the
 first bad record), 2 when the directory or key cannot be read at all.
+verify-bundle likewise: 0 verified, 1 a problem (one line naming the first),
+2 not a readable bundle or a bad key file.
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "without it the keys stored in DIR are used")
     verify.add_argument("--verbose", "-v", action="store_true", help="also list every problem and warning")
     verify.set_defaults(func=_verify)
+
+    bundle = sub.add_parser("verify-bundle", help="verify an exported evidence bundle (.tar.gz) offline")
+    bundle.add_argument("bundle", metavar="BUNDLE")
+    bundle.add_argument("--key", action="append", metavar="PUB",
+                        help="trusted public key PEM for the manifest and checkpoint signatures (repeatable); "
+                             "without it the keys inside the bundle are used, which proves integrity, not origin")
+    bundle.add_argument("--verbose", "-v", action="store_true", help="also list every problem and note")
+    bundle.set_defaults(func=_verify_bundle)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -75,4 +86,29 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"  problem: {problem}")
         for warning in report.warnings:
             print(f"  warning: {warning}")
+    return 0 if report.ok else 1
+
+
+def _verify_bundle(args: argparse.Namespace) -> int:
+    from gateway.evidence.bundle import BundleError, verify_bundle
+    from gateway.evidence.crypto import load_public_keys
+
+    keys = []
+    for path in args.key or []:
+        try:
+            keys.extend(load_public_keys(Path(path).read_bytes()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise CliError(f"cannot read public key {path}: {exc}", 2) from None
+    try:
+        report = verify_bundle(Path(args.bundle), trusted_keys=keys or None)
+    except BundleError as exc:
+        raise CliError(str(exc), 2) from None
+    except OSError as exc:
+        raise CliError(f"cannot read {args.bundle}: {exc}", 2) from None
+    print(report.summary())
+    if args.verbose:
+        for problem in report.problems:
+            print(f"  problem: {problem}")
+        for note in report.notes:
+            print(f"  note: {note}")
     return 0 if report.ok else 1

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .crypto import public_pem
 from .recovery import EvidenceLogCorrupt, EvidenceLogError
-from .retention import write_json_atomic
+from .retention import fsync_dir, write_json_atomic
 
 FORMAT = "oversight-gateway-evidence"
 
@@ -56,5 +56,9 @@ def remember_public_key(path: Path, key: Ed25519PrivateKey) -> None:
     existing = path.read_bytes() if path.exists() else b""
     if pem not in existing:
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(existing + pem)
+        with open(tmp, "wb") as f:
+            f.write(existing + pem)
+            f.flush()
+            os.fsync(f.fileno())  # an empty key file after a power cut would orphan every checkpoint
         os.replace(tmp, path)
+        fsync_dir(path.parent)
