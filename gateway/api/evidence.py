@@ -8,15 +8,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.background import BackgroundTask
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from gateway.api.common import body_as, caller, ok
 from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.evidence.bundle import write_bundle
+from gateway.evidence.export import Selection, gather_extras, parse_time, resolve
 from gateway.evidence.log import EvidenceLog
 from gateway.review.tickets import pack_body
 
@@ -112,11 +118,37 @@ async def release_hold(request: Request) -> Response:
     return ok({"hold": hold_id, "released": True, "record": index})
 
 
+async def export(request: Request) -> Response:
+    """A self-verifying bundle of the selected evidence, as a tar.gz download."""
+    who = caller(request, "auditor", "operator")
+    gw = request.app.state.gateway
+    log = _log(request)
+    q = request.query_params
+    selection = Selection(parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until"),
+                          q.get("model") or None, q.get("incident") or None)
+    if selection.model and selection.model not in gw.catalog.models:
+        raise NotFound(f"unknown model {selection.model!r}")
+    selection, incident = await resolve(gw, selection)
+    extras = await gather_extras(gw, selection, incident)
+    indexes = await asyncio.to_thread(lambda: list(log.select(selection.since, selection.until, selection.model)))
+    description = {"filters": {"since": selection.since, "until": selection.until, "model": selection.model,
+                               "incident": selection.incident}, "requested_by": who.id}
+    out = Path(tempfile.mkdtemp(prefix="gw-export-")) / "evidence.tar.gz"
+    signing_key = gw.recorder.signing_key
+    await asyncio.to_thread(write_bundle, out, log, indexes, signing_key=signing_key, extras=extras, description=description)
+    gw.recorder.action("evidence_export", actor=who.id, reason=q.get("reason") or "export", records=len(indexes),
+                       filters=description["filters"])
+    name = f"evidence-{selection.incident or int(selection.since or 0)}.tar.gz"
+    return FileResponse(out, media_type="application/gzip", filename=name,
+                        background=BackgroundTask(shutil.rmtree, out.parent, ignore_errors=True))
+
+
 def routes() -> list[Route]:
     return [
         Route("/admin/evidence/checkpoints", checkpoints, methods=["GET"]),
         Route("/admin/evidence/holds", list_holds, methods=["GET"]),
         Route("/admin/evidence/holds", set_hold, methods=["POST"]),
         Route("/admin/evidence/holds/{hold_id}/release", release_hold, methods=["POST"]),
+        Route("/admin/evidence/export", export, methods=["GET"]),
         Route("/admin/evidence/{request_id}", record, methods=["GET"]),
     ]

@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "without it the keys stored in DIR are used")
     verify.add_argument("--verbose", "-v", action="store_true", help="also list every problem and warning")
     verify.set_defaults(func=_verify)
+    _register_export(sub)
 
     bundle = sub.add_parser("verify-bundle", help="verify an exported evidence bundle (.tar.gz) offline")
     bundle.add_argument("bundle", metavar="BUNDLE")
@@ -41,6 +42,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "without it the keys inside the bundle are used, which proves integrity, not origin")
     bundle.add_argument("--verbose", "-v", action="store_true", help="also list every problem and note")
     bundle.set_defaults(func=_verify_bundle)
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
+    from gateway.cli.remote import add_remote_arguments
+
+    export = sub.add_parser("export", help="download a self-verifying bundle of evidence from a running gateway (auditor)")
+    what = export.add_mutually_exclusive_group(required=True)
+    what.add_argument("--incident", help="everything about one incident: its window, timeline and records")
+    what.add_argument("--since", help="start (unix seconds or ISO 8601, e.g. 2026-11-27T10:00:00Z); needs --until")
+    export.add_argument("--until", help="end, exclusive")
+    export.add_argument("--model", help="only this model's records")
+    export.add_argument("-o", "--output", required=True, metavar="BUNDLE.tar.gz")
+    add_remote_arguments(export)
+    export.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import os
+
+    import httpx
+
+    if args.since and not args.until:
+        raise CliError("--since needs --until", 2)
+    token = os.environ.get("GATEWAY_TOKEN")
+    if not token:
+        raise CliError("set GATEWAY_TOKEN to an auditor or operator token", 2)
+    params = {k: v for k, v in {"incident": args.incident, "since": args.since, "until": args.until, "model": args.model}.items() if v}
+    out = Path(args.output)
+    partial = out.with_name(out.name + ".part")
+    try:
+        with httpx.stream("GET", args.url.rstrip("/") + "/admin/evidence/export", params=params,
+                          headers={"authorization": f"Bearer {token}"}, timeout=600) as response:
+            if response.status_code != 200:
+                response.read()
+                try:
+                    error = response.json()["error"]
+                    message = f"{response.status_code} {error['type']}: {error['message']}"
+                except (ValueError, KeyError, TypeError):
+                    message = f"{response.status_code}: {response.text[:200]}"
+                raise CliError(message, 1)
+            with open(partial, "wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+    except httpx.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        raise CliError(f"cannot reach the gateway at {args.url}: {exc}", 2) from None
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise CliError(f"cannot write {out}: {exc.strerror or exc}", 2) from None
+    partial.replace(out)
+    print(f"wrote {out} ({out.stat().st_size} bytes); check it anywhere with: gateway evidence verify-bundle {out}")
+    return 0
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -28,13 +28,14 @@ class EvidenceRecorder:
         self.policy = policy
         self.log: EvidenceLog | None = None
         self.directory: Path | None = None
+        self.signing_key = None
 
     # lifecycle (blocking: run on a worker thread) -------------------------------------
     def open(self) -> None:
         ev = self.config.evidence
         base = ev.directory or self.config.data_dir / "evidence"
         base.mkdir(parents=True, exist_ok=True)
-        signing = self._signing_key()
+        signing = self.signing_key = self._signing_key()
         encryption = self._encryption_key()
         previous = {kid: decode_key(value) for kid, value in ev.previous_keys.items()}
         for slot in range(64):
