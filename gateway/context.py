@@ -24,6 +24,7 @@ from gateway.metrics import Metrics
 from gateway.models import Catalog
 from gateway.oversight.levels import LevelControl
 from gateway.oversight.plan import Plan, plan_request
+from gateway.oversight.sampling import Sampler
 from gateway.policy import EffectiveModelPolicy, Policy, load_policy
 from gateway.recording import NullRecorder, Recorder
 from gateway.review.queue import ReviewQueue
@@ -68,6 +69,7 @@ class Gateway:
         self._model_policies = {name: policy.for_model(name) for name in config.models}
         self._record_from = policy.oversight.record_all_from_level
         self.sampling_key = b""
+        self.sampler = Sampler(b"")
         self.dataplane: DataPlane | None = None
         self._retention: asyncio.Task[None] | None = None
         self.started_at = 0.0
@@ -138,30 +140,34 @@ class Gateway:
             except StaleWrite:
                 pass  # another replica seeded it first; its change reaches us through the feed
         if not self.sampling_key:
-            self.sampling_key = bytes.fromhex((await self.store.snapshot()).docs[SAMPLING_KEY]["key"])
+            self._use_sampling_key((await self.store.snapshot()).docs[SAMPLING_KEY]["key"])
 
     def _on_state_change(self, key: str, old: dict | None, new: dict) -> None:
         if key == SAMPLING_KEY:
-            self.sampling_key = bytes.fromhex(new["key"])
+            self._use_sampling_key(new["key"])
+
+    def _use_sampling_key(self, hex_key: str) -> None:
+        self.sampling_key = bytes.fromhex(hex_key)
+        self.sampler = Sampler(self.sampling_key)
 
     # what the request path asks ---------------------------------------------------------
     def model_policy(self, model: str) -> EffectiveModelPolicy:
         return self._model_policies[model]
 
     def plan(self, model: str, level: int, request_id: bytes) -> Plan:
-        return plan_request(level, self._model_policies[model], self._record_from, request_id, self.sampling_key)
+        return plan_request(level, self._model_policies[model], self._record_from, request_id, self.sampler)
 
     def integrity_gate(self, model: str, version: str) -> None:
         """Refuse traffic to a version whose weights are not verified (see `gateway.integrity.gate`)."""
         self.integrity.check(model, version)
 
-    def record_exchange(self, ex: "Exchange", request_headers: list[tuple[bytes, bytes]]) -> int | None:
+    async def record_exchange(self, ex: "Exchange", request_headers: list[tuple[bytes, bytes]]) -> int | None:
         verdict = self.state.docs.get(f"verify/{ex.model}/{ex.version}") or {}
         record, bodies = decision_record(
             ex, request_headers, policy_version=self.policy.version, root_digest=verdict.get("root_digest"),
             redact_headers=self._redact_headers, redact_pointers=self._model_policies[ex.model].redact_body or (),
         )
-        return self.recorder.decision(record, bodies)
+        return await self.recorder.decision(record, bodies)
 
     def observe_exchange(self, ex: "Exchange", elapsed: float) -> None:
         """Live traffic signals for incident detection (see `gateway.incidents`)."""

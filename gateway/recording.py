@@ -11,22 +11,22 @@ from typing import Any, Protocol
 
 
 class Recorder(Protocol):
-    def decision(self, record: dict[str, Any], bodies: dict[str, bytes] | None = None) -> int | None:
+    async def decision(self, record: dict[str, Any], bodies: dict[str, bytes] | None = None) -> int | None:
         """Record a decision; returns once it is handed to the operating system."""
 
     async def durable(self, index: int | None) -> None:
         """Wait until a recorded decision is on disk (held requests, before their 202)."""
 
-    def action(self, kind: str, *, actor: str, reason: str, **details: Any) -> int | None:
-        """Record a control action: a level change, a kill, a switch, a review decision."""
+    async def action(self, kind: str, *, actor: str, reason: str, **details: Any) -> int | None:
+        """Record a control action (a level change, a kill, a switch, a review decision) once it is in the OS."""
 
 
 class NullRecorder:
-    def decision(self, record: dict[str, Any], bodies: dict[str, bytes] | None = None) -> int | None:
+    async def decision(self, record: dict[str, Any], bodies: dict[str, bytes] | None = None) -> int | None:
         return None
 
     async def durable(self, index: int | None) -> None:
         return None
 
-    def action(self, kind: str, *, actor: str, reason: str, **details: Any) -> int | None:
+    async def action(self, kind: str, *, actor: str, reason: str, **details: Any) -> int | None:
         return None

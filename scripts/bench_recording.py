@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
-"""What recording every decision costs: level 1 (everything recorded) vs level 0 with recording off.
+"""What recording every decision costs: level 1 vs level 0 with recording off, side by side.
 
-Two gateways (one worker each, pinned to cpu0, run one at a time) in front of one demo
-model; wrk runs alternate between them; medians of req/s at 32 connections and the
-gateway's CPU per request. Target: level 1 costs at most 10 % of throughput.
+Gateways (one worker each, pinned to cpu0, all running, driven one at a time) in front
+of one demo model; wrk runs rotate through them round after round; medians of req/s at
+32 connections and of the gateway's CPU per request. Variants:
 
-    python scripts/bench_recording.py [--rounds 5] [--seconds 5] [--encrypt]
+- level 0, recording off (evidence disabled, no sampling): the baseline;
+- level 1, recorded, no sampling: the cost of recording alone;
+- level 1, recorded, default policy (15 % sampled into the review queue): level 1 as shipped.
+
+Target: level 1 costs at most 10 % of throughput.
+
+    python scripts/bench_recording.py [--rounds 7] [--seconds 4] [--encrypt]
 """
 
 from __future__ import annotations
@@ -20,73 +26,73 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as b  # noqa: E402
 
 PREDICT = '{"applicant":{"id":"a-17","group":"A","income":52000}}'
+NO_SAMPLING = "defaults: {sample_rate: {0: 0.0, 1: 0.0}}\n"
+VARIANTS = {
+    "level 0, recording off": dict(level=0, evidence=False, policy=NO_SAMPLING),
+    "level 1, recorded": dict(level=1, evidence=True, policy=NO_SAMPLING),
+    "level 1, recorded, 15% sampled": dict(level=1, evidence=True, policy=""),
+}
 
 
-def variant(tmp: Path, name: str, up_port: int, port: int, *, level: int, evidence: bool, encrypt: bool) -> Path:
-    directory = tmp / name
+def write_variant(tmp: Path, number: int, up_port: int, port: int, *, level: int, evidence: bool, policy: str,
+                  encrypt: bool) -> Path:
+    directory = tmp / f"variant-{number}"
     directory.mkdir()
-    (directory / "policy.yaml").write_text(
-        f"extends: {b.ROOT / 'policies' / 'default.yaml'}\n"
-        f"oversight: {{initial_level: {level}}}\n"
-        + ("defaults: {sample_rate: {0: 0.0}}\n" if not evidence else "")
-    )
     extra = f"evidence: {{enabled: {str(evidence).lower()}"
-    if encrypt:
+    if encrypt and evidence:
         extra += f", encryption_key: {base64.b64encode(os.urandom(32)).decode()}"
     extra += "}"
-    return b.write_config(directory, up_port, port, extra=extra)
+    return b.write_config(directory, up_port, port, extra=extra,
+                          policy_overrides=f"oversight: {{initial_level: {level}}}\n{policy}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--encrypt", action="store_true", help="encrypt bodies at rest at level 1")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--encrypt", action="store_true", help="encrypt bodies at rest in the recorded variants")
     args = parser.parse_args()
     with b.tempdir() as tmp:
         up_port = b.free_port()
         upstream = b.demo_model(up_port, "1")
-        ports = {"level 0, recording off": b.free_port(), "level 1, all recorded": b.free_port()}
-        configs = {
-            "level 0, recording off": variant(tmp, "off", up_port, ports["level 0, recording off"], level=0, evidence=False, encrypt=False),
-            "level 1, all recorded": variant(tmp, "on", up_port, ports["level 1, all recorded"], level=1, evidence=True, encrypt=args.encrypt),
-        }
-        rps: dict[str, list[float]] = {name: [] for name in configs}
-        cpu: dict[str, list[float]] = {name: [] for name in configs}
-        records = 0
+        gateways = {}
         try:
+            for number, (name, spec) in enumerate(VARIANTS.items()):
+                port = b.free_port()
+                config = write_variant(tmp, number, up_port, port, encrypt=args.encrypt, **spec)
+                gateways[name] = (b.gateway(config, port, "0", log=tmp / f"gateway-{number}.log"), port)
+            rps: dict[str, list[float]] = {name: [] for name in VARIANTS}
+            cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
             for round_no in range(args.rounds + 1):
-                for name, config in configs.items():
-                    gateway = b.gateway(config, ports[name], "0", log=tmp / f"{name[:7]}.log")
-                    try:
-                        url = f"http://127.0.0.1:{ports[name]}/models/demo/predict"
-                        if round_no == 0:
-                            b.wrk(url, connections=32, seconds=2, body=PREDICT, token=b.CLIENT_TOKEN, cpus="1")
-                            continue  # warm-up round
-                        before = b.cpu_seconds(gateway.pid)
-                        result = b.wrk(url, connections=32, seconds=args.seconds, body=PREDICT, token=b.CLIENT_TOKEN, cpus="1")
-                        cpu[name].append((b.cpu_seconds(gateway.pid) - before) / max(1, result["requests"]) * 1e6)
+                names = list(VARIANTS) if round_no % 2 else list(reversed(VARIANTS))
+                for name in names:
+                    process, port = gateways[name]
+                    url = f"http://127.0.0.1:{port}/models/demo/predict"
+                    before = b.cpu_seconds(process.pid)
+                    seconds = 2 if round_no == 0 else args.seconds
+                    result = b.wrk(url, connections=32, seconds=seconds, body=PREDICT, token=b.CLIENT_TOKEN, cpus="1")
+                    if round_no:  # round 0 warms up
+                        cpu[name].append((b.cpu_seconds(process.pid) - before) / max(1, result["requests"]) * 1e6)
                         rps[name].append(result["rps"])
-                        if "recorded" in name:
-                            records += result["requests"]
-                    finally:
-                        b.stop(gateway)
         finally:
+            for process, _ in gateways.values():
+                b.stop(process)
             b.stop(upstream)
-        evidence_dir = tmp / "on" / "data" / "evidence" / "replica-0"
         from gateway.evidence.verify import verify_log
 
-        report = verify_log(evidence_dir)
-    off, on = "level 0, recording off", "level 1, all recorded"
-    print(f"recording benchmark: {args.rounds} rounds of {args.seconds:g}s at 32 connections, gateways alternating on cpu0, "
-          f"wrk and demo model on cpu1{', bodies encrypted' if args.encrypt else ''}; medians")
-    for name in configs:
-        print(f"  {name:24} {b.median(rps[name]):8.0f} req/s   {b.median(cpu[name]):6.0f} us CPU/request   runs: "
-              + ", ".join(f"{x:.0f}" for x in rps[name]))
-    cost = 1 - b.median(rps[on]) / b.median(rps[off])
-    print(f"throughput cost of recording every decision: {cost * 100:.1f} % (target <= 10 %)")
-    print(f"CPU per request added by recording: {b.median(cpu[on]) - b.median(cpu[off]):.0f} us")
-    print(f"records written: {records}; the log verifies: {report.ok} ({report.summary()})")
+        reports = [verify_log(tmp / f"variant-{n}" / "data" / "evidence" / "replica-0") for n in (1, 2)]
+    baseline = "level 0, recording off"
+    print(f"recording benchmark: {args.rounds} rounds of {args.seconds:g}s at 32 connections; each gateway pinned to cpu0 "
+          f"and driven alone, wrk and the demo model on cpu1{'; bodies encrypted' if args.encrypt else ''}; medians")
+    base_rps, base_cpu = b.median(rps[baseline]), b.median(cpu[baseline])
+    for name in VARIANTS:
+        m_rps, m_cpu = b.median(rps[name]), b.median(cpu[name])
+        cost = "" if name == baseline else f"   cost {(1 - m_rps / base_rps) * 100:5.1f} %  (+{m_cpu - base_cpu:.0f} us CPU)"
+        print(f"  {name:32} {m_rps:7.0f} req/s {m_cpu:5.0f} us CPU/request{cost}")
+        print(f"  {'':32} runs: {', '.join(f'{x:.0f}' for x in rps[name])}")
+    print("target: level 1 costs at most 10 % of throughput")
+    for name, report in zip(list(VARIANTS)[1:], reports):
+        print(f"  {name}: {report.summary()[:90]}")
     return 0
 
 

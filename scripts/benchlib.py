@@ -71,15 +71,17 @@ def demo_model(port: int, cpus: str | None = None, *args: str) -> subprocess.Pop
     return start([sys.executable, "-m", "gateway", "demo-model", "--port", str(port), *args], port, cpus)
 
 
-def write_config(directory: Path, upstream_port: int, port: int, *, store: str = "embedded", extra: str = "") -> Path:
+def write_config(directory: Path, upstream_port: int, port: int, *, store: str = "embedded", extra: str = "",
+                 policy_overrides: str = "") -> Path:
+    """`policy_overrides`: YAML lines added below `extends:` in the policy file (which is then always rewritten)."""
     import hashlib
 
     def h(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
 
     policy = directory / "policy.yaml"
-    if not policy.exists():
-        policy.write_text(f"extends: {ROOT / 'policies' / 'default.yaml'}\n")
+    if policy_overrides or not policy.exists():
+        policy.write_text(f"extends: {ROOT / 'policies' / 'default.yaml'}\n{policy_overrides}")
     config = directory / "gateway.yaml"
     config.write_text(
         f"""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -14,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.auth import Caller
 from gateway.configfile import describe_errors
 from gateway.errors import BadRequest, GatewayError, error_body
+from gateway.proxy.exchange import request_id_from
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -21,9 +21,7 @@ M = TypeVar("M", bound=BaseModel)
 def request_id(request: Request) -> str:
     rid = request.scope.get("gateway.request_id")
     if rid is None:
-        given = request.headers.get("x-request-id", "")
-        rid = given if 0 < len(given) <= 128 and given.replace("-", "").replace(".", "").replace(":", "").replace("_", "").isalnum() else os.urandom(12).hex()
-        request.scope["gateway.request_id"] = rid
+        rid = request.scope["gateway.request_id"] = request_id_from(request.scope["headers"]).decode()
     return rid
 
 

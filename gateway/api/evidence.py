@@ -136,7 +136,7 @@ async def export(request: Request) -> Response:
     out = Path(tempfile.mkdtemp(prefix="gw-export-")) / "evidence.tar.gz"
     signing_key = gw.recorder.signing_key
     await asyncio.to_thread(write_bundle, out, log, indexes, signing_key=signing_key, extras=extras, description=description)
-    gw.recorder.action("evidence_export", actor=who.id, reason=q.get("reason") or "export", records=len(indexes),
+    await gw.recorder.action("evidence_export", actor=who.id, reason=q.get("reason") or "export", records=len(indexes),
                        filters=description["filters"])
     name = f"evidence-{selection.incident or int(selection.since or 0)}.tar.gz"
     return FileResponse(out, media_type="application/gzip", filename=name,

@@ -38,7 +38,11 @@ def _when(at: float | None) -> str:
 
 
 def _get(args: argparse.Namespace) -> int:
-    data = call(args, "GET", "/admin/oversight")
+    show(args, call(args, "GET", "/admin/oversight"), _levels)
+    return 0
+
+
+def _levels(data: dict) -> str:
     g = data["global"]
     lines = [f"global  level {g['level']}  set by {g['set_by'] or '-'} at {_when(g['at'])}: {g['reason'] or '-'}"]
     for name, m in data["models"].items():
@@ -49,8 +53,7 @@ def _get(args: argparse.Namespace) -> int:
                      f"by {change['requested_by']}: {change['reason']}")
     if data.get("stale"):
         lines.append("warning: this replica cannot confirm the state; it serves every model at the fail-closed level")
-    show(args, data, "\n".join(lines))
-    return 0
+    return "\n".join(lines)
 
 
 def _outcome(data: dict) -> str:
@@ -65,19 +68,17 @@ def _outcome(data: dict) -> str:
 
 def _set(args: argparse.Namespace) -> int:
     path = f"/admin/oversight/models/{args.model}" if args.model else "/admin/oversight/global"
-    data = call(args, "PUT", path, {"level": args.level, "reason": args.reason})
-    show(args, data, _outcome(data))
+    show(args, call(args, "PUT", path, {"level": args.level, "reason": args.reason}), _outcome)
     return 0
 
 
 def _approve(args: argparse.Namespace) -> int:
-    data = call(args, "POST", f"/admin/oversight/changes/{args.change}/approve", {"reason": args.reason} if args.reason else None)
-    show(args, data, _outcome(data))
+    show(args, call(args, "POST", f"/admin/oversight/changes/{args.change}/approve",
+                    {"reason": args.reason} if args.reason else None), _outcome)
     return 0
 
 
 def _kill(args: argparse.Namespace) -> int:
     body = {"reason": args.reason, **({"model": args.model} if args.model else {})}
-    data = call(args, "POST", "/admin/kill", body)
-    show(args, data, _outcome(data))
+    show(args, call(args, "POST", "/admin/kill", body), _outcome)
     return 0

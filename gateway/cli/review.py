@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from urllib.parse import quote
 
 from gateway.cli import CliError
 from gateway.cli.remote import add_remote_arguments, call, show
@@ -31,17 +32,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    query = f"?status={args.status}" + (f"&model={args.model}" if args.model else "")
-    data = call(args, "GET", "/review/tickets" + query)
-    lines = [f"{t['id']}  {t['status']:<8} {t['kind']:<6} {t['model']}/{t['version']} level {t['level']}  "
-             f"age {t['age_seconds']:.0f}s  {t['reason']}" for t in data["tickets"]]
-    show(args, data, "\n".join(lines) or "no tickets")
+    params = {"status": args.status, **({"model": args.model} if args.model else {})}
+    show(args, call(args, "GET", "/review/tickets", params=params), _tickets)
     return 0
 
 
+def _tickets(data: dict) -> str:
+    lines = [f"{t['id']}  {t['status']:<8} {t['kind']:<6} {t['model']}/{t['version']} level {t['level']}  "
+             f"age {t['age_seconds']:.0f}s  {t['reason']}" for t in data["tickets"]]
+    return "\n".join(lines) or "no tickets"
+
+
 def _show(args: argparse.Namespace) -> int:
-    data = call(args, "GET", f"/review/tickets/{args.ticket}")
-    show(args, data, json.dumps(data, indent=2))
+    show(args, call(args, "GET", f"/review/tickets/{quote(args.ticket, safe='')}"), lambda data: json.dumps(data, indent=2))
     return 0
 
 
@@ -56,7 +59,6 @@ def _decide(args: argparse.Namespace) -> int:
             body["response"] = json.loads(args.response)
         except ValueError:
             raise CliError("--response must be JSON, e.g. '{\"decision\": \"deny\"}'") from None
-    data = call(args, "POST", f"/review/tickets/{args.ticket}/decision", body)
-    decision = data["decision"]
-    show(args, data, f"{data['id']}: {decision.get('action') or decision.get('verdict')} by {decision['by']}")
+    data = call(args, "POST", f"/review/tickets/{quote(args.ticket, safe='')}/decision", body)
+    show(args, data, lambda d: f"{d['id']}: {d['decision'].get('action') or d['decision'].get('verdict')} by {d['decision']['by']}")
     return 0

@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from hashlib import sha256
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -126,6 +127,8 @@ class EvidenceLog:
             raise
         self._thread = threading.Thread(target=self._run, name="evidence-fsync", daemon=True)
         self._thread.start()
+        self._writer = threading.Thread(target=self._write_forever, name="evidence-writer", daemon=True)
+        self._writer.start()
 
     def _recover(self) -> None:
         d = self.directory
@@ -157,6 +160,8 @@ class EvidenceLog:
             self._write_checkpoint(self._size, self._tree.root())
 
     def _init_sync_state(self) -> None:
+        self._submitted: deque[tuple[dict, dict[str, bytes] | None, asyncio.Future[int], asyncio.AbstractEventLoop]] = deque()
+        self._submit_wake = threading.Event()
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._wait_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -170,29 +175,107 @@ class EvidenceLog:
 
     # ---------------------------------------------------------------- hot path
 
-    def append(self, record: dict, bodies: dict[str, bytes] | None = None) -> int:
-        """Append one record; returns its leaf index once the frame is handed to the OS."""
+    def submit(self, record: dict, bodies: dict[str, bytes] | None = None) -> "asyncio.Future[int]":
+        """Append from an event loop without blocking it: resolves to the leaf index once the OS has the record.
+
+        A writer thread takes everything submitted since its last pass, encodes it and
+        hands it to the OS in one write. The loop never waits on the disk (a write can
+        stall for milliseconds while a group fsync commits), and under load one system
+        call and one wake-up of the loop serve many records.
+        """
         if not isinstance(record, dict):
             raise TypeError("an evidence record must be a dict")
-        if bodies and "bodies" in record:
-            raise ValueError('record already has a "bodies" field')
-        now = time.time()
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._submitted.append((record, bodies, fut, loop))
+        self._submit_wake.set()
+        return fut
+
+    def _write_forever(self) -> None:
+        while True:
+            self._submit_wake.wait()
+            self._submit_wake.clear()
+            while self._submitted:
+                batch = []
+                while self._submitted and len(batch) < 1024:
+                    batch.append(self._submitted.popleft())
+                self._write_batch(batch)
+            if self._stopping and not self._submitted:
+                return
+
+    def _write_batch(self, batch: list) -> None:
+        results: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[int], int | BaseException]] = []
+        try:
+            with self._lock:
+                self._check_open()
+                pending: list[bytes] = []
+                now = time.time()
+                for record, bodies, fut, loop in batch:
+                    try:
+                        results.append((loop, fut, self._append_locked(record, bodies, now, pending)))
+                    except (TypeError, ValueError) as exc:  # this record cannot be encoded; the others go on
+                        results.append((loop, fut, exc))
+                if pending:
+                    self._write_pending(pending)
+        except BaseException as exc:  # the log failed or closed: nobody in this batch was written
+            results = [(loop, fut, exc) for _, _, fut, loop in batch]
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for loop, fut, outcome in results:
+            by_loop.setdefault(loop, []).append((fut, outcome))
+        for loop, settled in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_all, settled)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
+
+    def append(self, record: dict, bodies: dict[str, bytes] | None = None) -> int:
+        """Append one record; returns its leaf index once the frame is handed to the OS (blocking)."""
+        if not isinstance(record, dict):
+            raise TypeError("an evidence record must be a dict")
         with self._lock:
             self._check_open()
-            idx = self._size
-            stored = {**record, "bodies": self._cipher.seal(idx, bodies)} if bodies else record
-            payload = canonical(stored)
-            data = frame(payload)
-            if self._seg_records and self._seg_bytes + len(data) > self._seg_max:
-                self._rotate(self._cipher.key_id)
-            offset = self._seg_bytes
+            return self._append_locked(record, bodies, time.time())
+
+    def _append_locked(self, record: dict, bodies: dict[str, bytes] | None, now: float,
+                       pending: list[bytes] | None = None) -> int:
+        """Encode and place one record; with `pending`, its frame waits there for one write of the batch."""
+        if bodies and "bodies" in record:
+            raise ValueError('record already has a "bodies" field')
+        idx = self._size
+        stored = {**record, "bodies": self._cipher.seal(idx, bodies)} if bodies else record
+        payload = canonical(stored)
+        data = frame(payload)
+        if self._seg_records and self._seg_bytes + len(data) > self._seg_max:
+            if pending:
+                self._write_pending(pending)
+            self._rotate(self._cipher.key_id)
+        offset = self._seg_bytes
+        if pending is None:
             self._write(data)
-            self._seg_bytes = offset + len(data)
-            self._seg_records += 1
-            self._tree.append_leaf(sha256(b"\x00" + payload).digest())
-            self._rows.append(row_for(idx, self._seg_first, offset, record, now))
-            self._size = idx + 1
+        else:
+            pending.append(data)
+        self._seg_bytes = offset + len(data)
+        self._seg_records += 1
+        self._tree.append_leaf(sha256(b"\x00" + payload).digest())
+        self._rows.append(row_for(idx, self._seg_first, offset, record, now))
+        self._size = idx + 1
         return idx
+
+    def _write_pending(self, pending: list[bytes]) -> None:
+        """One write for a batch's frames. The tree already counts them, so a failure fails the log."""
+        data = b"".join(pending)
+        pending.clear()
+        start = self._seg_bytes - len(data)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._seg_fd, data[done:])  # type: ignore[arg-type]
+        except OSError as exc:
+            if done:
+                os.ftruncate(self._seg_fd, start)  # type: ignore[arg-type]
+            self._fail(exc)
+            raise EvidenceLogError(f"writing to the evidence log failed: {exc}") from exc
 
     def _write(self, data: bytes) -> None:
         """os.write all of `data`, or undo the partial frame and raise (the log stays well-formed)."""
@@ -473,6 +556,8 @@ class EvidenceLog:
         if getattr(self, "_closed", True):
             return
         self._stopping = True
+        self._submit_wake.set()
+        self._writer.join()  # everything submitted is written before the last sync
         self._wake.set()
         self._thread.join()
         try:
@@ -497,6 +582,17 @@ class EvidenceLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _settle_all(settled: list) -> None:
+    """On the submitting loop: resolve a written batch's futures with their indexes (or errors)."""
+    for fut, outcome in settled:
+        if fut.done():
+            continue
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
 
 
 def _settle(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], exc: BaseException | None) -> None:

@@ -81,16 +81,16 @@ class EvidenceRecorder:
         return decode_key(ev.encryption_key) if ev.encryption_key else None
 
     # Recorder ---------------------------------------------------------------------
-    def decision(self, record: dict[str, Any], bodies: dict[str, bytes] | None = None) -> int | None:
+    async def decision(self, record: dict[str, Any], bodies: dict[str, bytes] | None = None) -> int | None:
         if self.log is None:
             raise EvidenceLogError("the evidence log is not open")
-        return self.log.append(record, bodies)
+        return await self.log.submit(record, bodies)
 
     async def durable(self, index: int | None) -> None:
         if index is not None and self.log is not None:
             await self.log.wait_durable(index)
 
-    def action(self, kind: str, *, actor: str, reason: str, **details: Any) -> int | None:
+    async def action(self, kind: str, *, actor: str, reason: str, **details: Any) -> int | None:
         if self.log is None:
             raise EvidenceLogError("the evidence log is not open")
-        return self.log.append(action_record(kind, actor, reason, details))
+        return await self.log.submit(action_record(kind, actor, reason, details))

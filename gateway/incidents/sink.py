@@ -25,5 +25,5 @@ class LoggingIncidentSink:
                              version: str | None, summary: str, values: dict[str, Any]) -> None:
         log.error("incident: %s", summary, extra={"category": category, "trigger": trigger, "severity": severity,
                                                    "model": model, "version": version})
-        self.recorder.action("incident_detected", actor="gateway", reason=summary, category=category, trigger=trigger,
+        await self.recorder.action("incident_detected", actor="gateway", reason=summary, category=category, trigger=trigger,
                              severity=severity, model=model, version=version, values=values)

@@ -126,11 +126,11 @@ class IntegrityGate:
             "action": "verification", "actor": actor, "reason": reason, "status": doc["status"],
             "root_digest": doc.get("root_digest"), "at": doc["verified_at"],
         })
-        self._record(model, version, doc, actor, reason)
+        await self._record(model, version, doc, actor, reason)
         return {**doc, "rev": self.state.docs[status_key(model, version)].get("rev")}
 
-    def _record(self, model: str, version: str, doc: dict[str, Any], actor: str, reason: str) -> None:
-        self.recorder.action("verification", actor=actor, reason=reason, model=model, version=version,
+    async def _record(self, model: str, version: str, doc: dict[str, Any], actor: str, reason: str) -> None:
+        await self.recorder.action("verification", actor=actor, reason=reason, model=model, version=version,
                              status=doc["status"], root_digest=doc.get("root_digest"), signer=doc.get("signer"),
                              problems=doc.get("problems", [])[:10])
 

@@ -113,7 +113,7 @@ class LevelControl:
         except StaleWrite as exc:
             now_level = (exc.current or {}).get("level")
             raise Conflict(f"the level was changed meanwhile (now {now_level}); read it again and retry") from None
-        self.recorder.action(action, actor=actor, reason=reason, scope="global" if model is None else "model",
+        await self.recorder.action(action, actor=actor, reason=reason, scope="global" if model is None else "model",
                              model=model, level_from=previous, level_to=level, epoch=change.epoch, approved_by=approved_by)
         return {"scope": "global" if model is None else "model", "model": model, "level": level, "previous": previous,
                 "status": "applied", **confirmation.as_dict()}
@@ -124,7 +124,7 @@ class LevelControl:
             "requested_by": actor, "reason": reason, "created_at": time.time(),
         }
         await self.state.store.insert(CHANGES, change["id"], change)
-        self.recorder.action("lower_requested", actor=actor, reason=reason, model=model, level_from=previous,
+        await self.recorder.action("lower_requested", actor=actor, reason=reason, model=model, level_from=previous,
                              level_to=level, change=change["id"])
         return {"scope": "global" if model is None else "model", "model": model, "level": previous, "previous": previous,
                 "status": "pending_approval", "change": change,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.oversight.sampling import is_sampled
+from gateway.oversight.sampling import Sampler
 from gateway.policy import EffectiveModelPolicy
 
 AUTO, SAMPLED, HELD, HUMAN = "auto", "sampled", "held", "human"
@@ -30,11 +30,11 @@ class Plan:
         return self.record or self.sampled or self.buffers or not self.call_model
 
 
-def plan_request(level: int, policy: EffectiveModelPolicy, record_from: int, request_id: bytes, key: bytes) -> Plan:
+def plan_request(level: int, policy: EffectiveModelPolicy, record_from: int, request_id: bytes, sampler: Sampler) -> Plan:
     if level >= 4:
         return Plan(level, False, False, None, False, True)
     if level == 3:
         return Plan(level, True, True, None, False, True)
-    sampled = is_sampled(request_id, policy.rate_at(level), key)
+    sampled = sampler.sampled(request_id, policy.rate_at(level))
     threshold = policy.confidence_threshold if level == 2 else None
     return Plan(level, True, False, threshold, sampled, level >= record_from or sampled)

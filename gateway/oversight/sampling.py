@@ -12,15 +12,32 @@ import hashlib
 _SCALE = float(1 << 64)
 
 
+class Sampler:
+    """Keyed once; each request costs one copy of the keyed hash state."""
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hashlib.blake2b(digest_size=8, key=key)
+
+    def point(self, request_id: bytes) -> float:
+        """The request's position in [0, 1): it is sampled when below the rate."""
+        h = self._keyed.copy()
+        h.update(request_id)
+        return int.from_bytes(h.digest(), "big") / _SCALE
+
+    def sampled(self, request_id: bytes, rate: float) -> bool:
+        if rate <= 0.0:
+            return False
+        if rate >= 1.0:
+            return True
+        return self.point(request_id) < rate
+
+
 def sample_point(request_id: bytes, key: bytes) -> float:
-    """The request's position in [0, 1): it is sampled when below the rate."""
-    digest = hashlib.blake2b(request_id, digest_size=8, key=key).digest()
-    return int.from_bytes(digest, "big") / _SCALE
+    return Sampler(key).point(request_id)
 
 
 def is_sampled(request_id: bytes, rate: float, key: bytes) -> bool:
-    if rate <= 0.0:
-        return False
-    if rate >= 1.0:
-        return True
-    return sample_point(request_id, key) < rate
+    """Whether a request is sampled, recomputed from its id and the deployment's key (auditors)."""
+    return Sampler(key).sampled(request_id, rate)

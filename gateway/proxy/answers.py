@@ -9,7 +9,7 @@ the client sees the end of its answer.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.errors import error_body
@@ -25,7 +25,7 @@ class AnswerTooLarge(Exception):
 
 
 async def relay(response: UpstreamResponse, ex: Exchange, send, *, capture: bool, capture_limit: int,
-                on_complete: Callable[[], None], streams: set | None = None) -> None:
+                on_complete: Callable[[], Awaitable[object]], streams: set | None = None) -> None:
     """Pass the upstream answer through, keeping a copy when `capture` (up to `capture_limit` bytes)."""
     ex.status = ex.response_status = response.status
     headers = client_response_headers(response.headers, keep_length=True)
@@ -36,7 +36,7 @@ async def relay(response: UpstreamResponse, ex: Exchange, send, *, capture: bool
         body = response.take_body()
         if capture:
             ex.response_body = body
-        on_complete()  # recorded before the client sees any of it
+        await on_complete()  # recorded before the client sees any of it
         ex.sent_start = True
         await send(start)
         ex.finished = True
@@ -61,7 +61,7 @@ async def relay(response: UpstreamResponse, ex: Exchange, send, *, capture: bool
         if capture:
             ex.response_body = b"".join(kept)
             ex.truncated = size > capture_limit
-    on_complete()
+    await on_complete()
     ex.finished = True
     await send({"type": "http.response.body", "body": b""})
 
@@ -84,13 +84,13 @@ async def read_all(response: UpstreamResponse, limit: int) -> bytes:
 
 
 async def send_whole(send, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
-                     on_complete: Callable[[], None] | None = None) -> None:
+                     on_complete: Callable[[], Awaitable[object]] | None = None) -> None:
     """One complete answer with its length, and the gateway's headers."""
     ex.status = status
     headers = [h for h in headers if h[0] != b"content-length"]
     headers.append((b"content-length", b"%d" % len(body)))
     if on_complete is not None:
-        on_complete()
+        await on_complete()
     ex.sent_start = True
     await send({"type": "http.response.start", "status": status, "headers": headers + ex.gateway_headers()})
     ex.finished = True

@@ -210,7 +210,7 @@ class DataPlane:
         )
         await self.gw.review.add(ticket)
         ex.ticket = ticket["id"]
-        await self.gw.recorder.durable(self._record(ex, plan, headers))
+        await self.gw.recorder.durable(await self._record(ex, plan, headers))
         prefer = parse_prefer(headers)
         applied = b"respond-async" if prefer.respond_async else None
         if prefer.wait is not None and not prefer.respond_async:
@@ -245,10 +245,10 @@ class DataPlane:
         self.gw.review.add_sample(ticket)
 
     # record and observe --------------------------------------------------------------
-    def _record(self, ex: Exchange, plan: Plan, headers: list[tuple[bytes, bytes]]) -> int | None:
+    async def _record(self, ex: Exchange, plan: Plan, headers: list[tuple[bytes, bytes]]) -> int | None:
         if not (plan.record or ex.route in (HELD, HUMAN, SAMPLED)):
             return None
-        return self.gw.record_exchange(ex, headers)
+        return await self.gw.record_exchange(ex, headers)
 
     def _observe(self, ex: Exchange) -> None:
         elapsed = perf_counter() - ex.started

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 from time import perf_counter
 
 from gateway.auth import Caller
+from gateway.ids import random_hex
 
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -16,7 +16,7 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> bytes:
     for name, value in headers:
         if name == b"x-request-id" and _REQUEST_ID.match(value):
             return value
-    return os.urandom(12).hex().encode()
+    return random_hex(12).encode()
 
 
 class Exchange:

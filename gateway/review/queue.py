@@ -157,7 +157,7 @@ class ReviewQueue:
                 record["status"] = decision.status
         updated = {**ticket, "status": DECIDED, "decision": record}
         await self._replace(ticket, updated)
-        self.recorder.action(
+        await self.recorder.action(
             "review_decision", actor=reviewer, reason=decision.note or "(no note)",
             ticket=ticket_id, request_id=ticket["request_id"], model=ticket["model"], version=ticket["version"],
             decision={k: v for k, v in record.items() if k not in ("by", "at", "note")},
@@ -225,7 +225,7 @@ class ReviewQueue:
             except Conflict:
                 continue  # decided or expired elsewhere meanwhile
             closed += 1
-            self.recorder.action("review_expiry", actor="policy:on_expiry", reason=updated["decision"]["note"],
+            await self.recorder.action("review_expiry", actor="policy:on_expiry", reason=updated["decision"]["note"],
                                  ticket=ticket["id"], request_id=ticket["request_id"], model=ticket["model"], decision={"action": action})
             await self._announce(DECISIONS_TOPIC, {"event": "expired", "ticket": ticket["id"]})
         return closed

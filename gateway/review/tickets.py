@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.ids import random_hex
 
 Kind = Literal["hold", "human", "sample"]
 
@@ -20,7 +21,7 @@ PENDING, DECIDED, EXPIRED = "pending", "decided", "expired"
 
 
 def new_ticket_id() -> str:
-    return "tk_" + os.urandom(10).hex()
+    return "tk_" + random_hex(10)
 
 
 def pack_body(body: bytes) -> dict[str, str]:

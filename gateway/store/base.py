@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 
 class StoreUnavailable(Exception):
     """The store cannot be reached; callers fail closed."""
@@ -161,6 +163,11 @@ class Store(abc.ABC):
 
 def now() -> float:
     return time.time()
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    """Documents as compact JSON with sorted keys, the same bytes on both backends."""
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
 
 
 OnChange = Callable[[Change], Awaitable[None] | None]

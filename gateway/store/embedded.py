@@ -27,6 +27,7 @@ from gateway.store.base import (
     Store,
     StoreUnavailable,
     TopicListener,
+    dumps,
 )
 
 _SCHEMA = """
@@ -41,9 +42,6 @@ CREATE INDEX IF NOT EXISTS records_by_status ON records (coll, json_extract(doc,
 INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', 0);
 """
 
-
-def _dumps(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 
 class EmbeddedStore(Store):
@@ -123,12 +121,12 @@ class EmbeddedStore(Store):
                 db.execute(
                     "INSERT INTO state (key, doc, rev) VALUES (?, ?, ?) "
                     "ON CONFLICT(key) DO UPDATE SET doc=excluded.doc, rev=excluded.rev",
-                    (key, _dumps(stored), epoch),
+                    (key, dumps(stored), epoch),
                 )
                 if audit is not None:
                     db.execute(
                         "INSERT INTO audit (epoch, key, entry) VALUES (?, ?, ?)",
-                        (epoch, key, _dumps({**audit, "epoch": epoch, "key": key})),
+                        (epoch, key, dumps({**audit, "epoch": epoch, "key": key})),
                     )
                 db.execute("COMMIT")
             except StaleWrite:
@@ -170,7 +168,7 @@ class EmbeddedStore(Store):
     async def insert(self, coll: str, id: str, doc: dict[str, Any]) -> None:
         def write() -> None:
             try:
-                self._conn().execute("INSERT INTO records (coll, id, doc) VALUES (?, ?, ?)", (coll, id, _dumps(doc)))
+                self._conn().execute("INSERT INTO records (coll, id, doc) VALUES (?, ?, ?)", (coll, id, dumps(doc)))
             except sqlite3.IntegrityError:
                 raise StaleWrite(self._get(coll, id)) from None
 
@@ -182,7 +180,7 @@ class EmbeddedStore(Store):
             db.execute("BEGIN IMMEDIATE")  # one transaction, one fsync, for the whole batch
             try:
                 db.executemany("INSERT OR IGNORE INTO records (coll, id, doc) VALUES (?, ?, ?)",
-                               [(coll, doc["id"], _dumps(doc)) for doc in docs])
+                               [(coll, doc["id"], dumps(doc)) for doc in docs])
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -206,7 +204,7 @@ class EmbeddedStore(Store):
                 current = self._get(coll, id)
                 if current is None or any(current.get(k) != v for k, v in expect.items()):
                     raise StaleWrite(current)
-                db.execute("UPDATE records SET doc=? WHERE coll=? AND id=?", (_dumps(doc), coll, id))
+                db.execute("UPDATE records SET doc=? WHERE coll=? AND id=?", (dumps(doc), coll, id))
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:

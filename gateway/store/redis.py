@@ -39,6 +39,7 @@ from gateway.store.base import (
     Store,
     StoreUnavailable,
     TopicListener,
+    dumps,
 )
 
 log = logging.getLogger("gateway.store")
@@ -102,9 +103,6 @@ if type(status) == 'string' then redis.call('ZADD', KEYS[4] .. status, seq, ARGV
 return {1, ''}
 """
 
-
-def _dumps(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 
 class RedisStore(Store):
@@ -218,7 +216,7 @@ class RedisStore(Store):
         audit: dict[str, Any] | None = None,
     ) -> Change:
         doc = {k: v for k, v in doc.items() if k != "rev"}
-        args = [key, _dumps(doc), "" if expect_rev is None else str(expect_rev), "" if audit is None else _dumps(audit)]
+        args = [key, dumps(doc), "" if expect_rev is None else str(expect_rev), "" if audit is None else dumps(audit)]
         keys = [self._k("state"), self._k("epoch"), self._k("audit"), self._k("changes")]
         try:
             result = await self._put(keys=keys, args=args)
@@ -303,7 +301,7 @@ class RedisStore(Store):
     # collections ----------------------------------------------------------------
     async def insert(self, coll: str, id: str, doc: dict[str, Any]) -> None:
         keys = [self._k(f"c:{coll}"), self._k(f"ci:{coll}"), self._k(f"cseq:{coll}"), self._k(f"cs:{coll}:")]
-        result = await self._call(self._insert(keys=keys, args=[id, _dumps(doc)]))
+        result = await self._call(self._insert(keys=keys, args=[id, dumps(doc)]))
         if result[0] == 0:
             raise StaleWrite(json.loads(result[1]))
 
@@ -311,7 +309,7 @@ class RedisStore(Store):
         keys = [self._k(f"c:{coll}"), self._k(f"ci:{coll}"), self._k(f"cseq:{coll}"), self._k(f"cs:{coll}:")]
         async with self._redis.pipeline(transaction=False) as pipe:
             for doc in docs:
-                await self._insert(keys=keys, args=[doc["id"], _dumps(doc)], client=pipe)
+                await self._insert(keys=keys, args=[doc["id"], dumps(doc)], client=pipe)
             await self._call(pipe.execute())
 
     async def get(self, coll: str, id: str) -> dict[str, Any] | None:
@@ -320,7 +318,7 @@ class RedisStore(Store):
 
     async def update(self, coll: str, id: str, doc: dict[str, Any], *, expect: dict[str, Any]) -> None:
         keys = [self._k(f"c:{coll}"), self._k(f"cs:{coll}:")]
-        result = await self._call(self._update(keys=keys, args=[id, _dumps(doc), json.dumps(expect)]))
+        result = await self._call(self._update(keys=keys, args=[id, dumps(doc), json.dumps(expect)]))
         if result[0] == 0:
             raise StaleWrite(json.loads(result[1]) if result[1] else None)
 
@@ -357,7 +355,7 @@ class RedisStore(Store):
 
     # topics ---------------------------------------------------------------------
     async def publish(self, topic: str, message: dict[str, Any]) -> None:
-        await self._call(self._redis.publish(self._k(f"t:{topic}"), _dumps(message)))
+        await self._call(self._redis.publish(self._k(f"t:{topic}"), dumps(message)))
 
     def subscribe(self, topic: str, listener: TopicListener) -> Callable[[], None]:
         self._topics.setdefault(topic, []).append(listener)

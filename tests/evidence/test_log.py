@@ -258,3 +258,30 @@ def test_damaged_checkpoint_log_refuses_to_open(tmp_path, key):
     path.write_bytes(path.read_bytes().replace(b"\n\n" + dash, b"\nX\n" + dash, 1))
     with pytest.raises(EvidenceLogCorrupt, match="checkpoints.log"):
         open_log(tmp_path, key)
+
+
+async def test_submitted_records_are_written_in_order_without_blocking_the_loop(tmp_path, key):
+    with open_log(tmp_path, key, segment_max_bytes=4096) as log:
+        log.append(record(0))
+        futures = [log.submit(record(i), {"request": b"body %d" % i} if i % 2 else None) for i in range(1, 200)]
+        indexes = await asyncio.gather(*futures)
+        assert indexes == list(range(1, 200))  # the order they were submitted in
+        assert log.size == 200 and len(list_segments(tmp_path / "segments")) > 1  # batches cross segment rotations
+        for i in (1, 2, 199):
+            assert log.get(i)["request_id"] == record(i)["request_id"]
+        assert log.get(199)["bodies"] == {"request": b"body 199"}
+        bad = log.submit({"x": object()})
+        good = log.submit(record(200))
+        with pytest.raises(ValueError):
+            await bad  # one record that cannot be encoded fails alone
+        assert await good == 200
+    assert verify_log(tmp_path).ok
+
+
+async def test_submitting_to_a_closed_log_fails_clearly(tmp_path, key):
+    log = open_log(tmp_path, key)
+    pending = log.submit(record(0))
+    log.close()  # what was submitted before close is written
+    assert await pending == 0
+    with pytest.raises(EvidenceLogError):
+        log.submit(record(1))
