@@ -162,6 +162,7 @@ class EvidenceLog:
     def _init_sync_state(self) -> None:
         self._submitted: deque[tuple[dict, dict[str, bytes] | None, asyncio.Future[int], asyncio.AbstractEventLoop]] = deque()
         self._submit_wake = threading.Event()
+        self._writer_idle = False
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._wait_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -189,13 +190,18 @@ class EvidenceLog:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
         self._submitted.append((record, bodies, fut, loop))
-        self._submit_wake.set()
+        if self._writer_idle:  # wake it only when it sleeps: under load it is already busy
+            self._submit_wake.set()
         return fut
 
     def _write_forever(self) -> None:
         while True:
-            self._submit_wake.wait()
-            self._submit_wake.clear()
+            if not self._submitted:
+                self._writer_idle = True
+                if not self._submitted and not self._stopping:  # look again after saying so: no lost wake-up
+                    self._submit_wake.wait(0.05)
+                self._writer_idle = False
+                self._submit_wake.clear()
             while self._submitted:
                 batch = []
                 while self._submitted and len(batch) < 1024:
