@@ -61,7 +61,8 @@ async def test_an_exported_bundle_verifies_alone_and_fails_when_changed(make_gat
     history = json.loads(files["history.json"])
     assert any(h["key"] == "level/model/demo" and h["reason"] == "review" for h in history)
     tickets = json.loads(files["review-decisions.json"])
-    assert tickets[0]["decision"]["action"] == "reject"
+    (held_ticket,) = [t for t in tickets if t["kind"] == "hold"]
+    assert held_ticket["decision"]["action"] == "reject"
     assert "models/demo/v1/verification.json" in files and "sampling.json" in files
     config = files["config.yaml"].decode()
     assert "sha256" not in config and "test-client" in config

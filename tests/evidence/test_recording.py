@@ -44,7 +44,7 @@ def _removed(log: EvidenceLog, i: int) -> bool:
 
 
 async def test_level_1_records_every_decision_with_a_verifiable_proof(make_gateway):
-    async with make_gateway() as gw:
+    async with make_gateway(policy={"defaults": {"sample_rate": {1: 0.0}}}) as gw:
         await _set_level(gw, 1)
         served = await _predict(gw)
         assert served.status_code == 200
