@@ -97,6 +97,7 @@ class VersionConfig(_Strict):
     signature: Path | None = None
     trust: Trust | None = None
     ignore_paths: tuple[str, ...] = ()
+    health_path: str = Field("/", description="what the pre-switch check asks the upstream (any answer below 500 passes)")
 
     _paths = field_validator("artifact", "signature", mode="before")(_path_field)
 

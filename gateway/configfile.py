@@ -50,7 +50,7 @@ def load_model(path: str | Path, model: type[M], *, context: dict[str, Any] | No
     path = Path(path)
     data = read_yaml(path)
     problems: list[str] = []
-    data = _interpolate(data, (), problems, str(path))
+    data = interpolate(data, (), problems, str(path))
     if problems:
         raise ConfigError(problems)
     try:
@@ -118,12 +118,12 @@ def _friendly(err: dict[str, Any]) -> str:
     return msg
 
 
-def _interpolate(value: Any, loc: tuple[Any, ...], problems: list[str], file: str) -> Any:
+def interpolate(value: Any, loc: tuple[Any, ...], problems: list[str], file: str) -> Any:
     """Replace `${VAR}` and `${VAR:-default}` in every string; secrets stay out of files."""
     if isinstance(value, dict):
-        return {k: _interpolate(v, loc + (k,), problems, file) for k, v in value.items()}
+        return {k: interpolate(v, loc + (k,), problems, file) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, loc + (i,), problems, file) for i, v in enumerate(value)]
+        return [interpolate(v, loc + (i,), problems, file) for i, v in enumerate(value)]
     if isinstance(value, str) and "${" in value:
 
         def substitute(match: re.Match[str]) -> str:

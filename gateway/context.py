@@ -30,6 +30,8 @@ from gateway.recording import NullRecorder, Recorder
 from gateway.review.queue import ReviewQueue
 from gateway.state import ControlState
 from gateway.store import StaleWrite, make_store
+from gateway.versions.registry import Registry
+from gateway.versions.switch import Switcher
 
 if TYPE_CHECKING:
     from gateway.proxy.dataplane import DataPlane
@@ -70,6 +72,9 @@ class Gateway:
         self._record_from = policy.oversight.record_all_from_level
         self.sampling_key = b""
         self.sampler = Sampler(b"")
+        self.registry = Registry(self)
+        self.switcher = Switcher(self)
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.dataplane: DataPlane | None = None
         self._retention: asyncio.Task[None] | None = None
         self.started_at = 0.0
@@ -88,6 +93,7 @@ class Gateway:
         self.state.add_listener(self._on_state_change)
         await self.state.start()
         await self._seed()
+        await self.registry.seed_from_config()
         for (model, version), config in list(self.integrity.versions.items()):
             self.integrity.register(model, version, config)  # again, now that stored verdicts are known
         await self.review.start()
@@ -99,7 +105,20 @@ class Gateway:
                    "models": sorted(self.catalog.models), "policy": self.policy.version},
         )
 
+    def schedule(self, coro) -> None:
+        """Run background work the gateway owns (cancelled at stop, failures logged)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed: %s", task.exception())
+
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         await self.integrity.stop()
         await self.review.stop()
         await self.state.stop()
@@ -134,9 +153,11 @@ class Gateway:
         for key, doc in seeds.items():
             if key in self.state.docs:
                 continue
+            audit = {"action": "seed", "actor": "config", "reason": "first start"}
+            if key.startswith("active/"):
+                audit["to"] = doc["version"]
             try:
-                await self.state.change(key, doc, expect_rev=0, audit={"action": "seed", "actor": "config", "reason": "first start"},
-                                        confirm_timeout=0.0)
+                await self.state.change(key, doc, expect_rev=0, audit=audit, confirm_timeout=0.0)
             except StaleWrite:
                 pass  # another replica seeded it first; its change reaches us through the feed
         if not self.sampling_key:

@@ -61,6 +61,24 @@ class Metrics:
         histogram.observe(seconds)
         self.overhead.observe(overhead)
 
+    def summary(self, model: str, version: str) -> dict:
+        """This replica's figures for one version: answers by status, upstream errors, mean latency."""
+        statuses: dict[str, float] = {}
+        for (m, v, status, _route), counter in self._requests.items():
+            if m == model and v == version:
+                statuses[str(status)] = statuses.get(str(status), 0) + counter._value.get()
+        errors = sum(child._value.get() for labels, child in self.upstream_errors._metrics.items()
+                     if labels[0] == model and labels[1] == version)
+        histogram = self._latency.get((model, version))
+        count = total = 0.0
+        if histogram is not None:
+            total = histogram._sum.get()
+            count = sum(b.get() for b in histogram._buckets)
+        answered = sum(statuses.values())
+        return {"answers_by_status": statuses, "upstream_errors": errors,
+                "error_rate": round(errors / answered, 6) if answered else None,
+                "mean_latency_ms": round(total / count * 1000, 3) if count else None}
+
     def upstream_error(self, model: str, version: str, kind: str) -> None:
         self.upstream_errors.labels(model, version, kind).inc()
 

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +73,7 @@ def demo_model(port: int, cpus: str | None = None, *args: str) -> subprocess.Pop
 
 
 def write_config(directory: Path, upstream_port: int, port: int, *, store: str = "embedded", extra: str = "",
-                 policy_overrides: str = "") -> Path:
+                 policy_overrides: str = "", versions: dict[str, int] | None = None) -> Path:
     """`policy_overrides`: YAML lines added below `extends:` in the policy file (which is then always rewritten)."""
     import hashlib
 
@@ -82,6 +83,7 @@ def write_config(directory: Path, upstream_port: int, port: int, *, store: str =
     policy = directory / "policy.yaml"
     if policy_overrides or not policy.exists():
         policy.write_text(f"extends: {ROOT / 'policies' / 'default.yaml'}\n{policy_overrides}")
+    listed = "\n".join(f'      {name}: {{upstream: "http://127.0.0.1:{up}"}}' for name, up in (versions or {"v1": upstream_port}).items())
     config = directory / "gateway.yaml"
     config.write_text(
         f"""
@@ -93,7 +95,7 @@ logging: {{level: warning, access_log: false}}
 models:
   demo:
     versions:
-      v1: {{upstream: "http://127.0.0.1:{upstream_port}"}}
+{listed}
 tokens:
   - {{id: bench-client, role: client, sha256: {h(CLIENT_TOKEN)}}}
   - {{id: bench-operator, role: operator, sha256: {h(OPERATOR_TOKEN)}}}
@@ -101,6 +103,20 @@ tokens:
 """
     )
     return config
+
+
+@dataclass
+class RedisProcess:
+    port: int
+    proc: subprocess.Popen
+
+
+def redis_server(directory: Path) -> RedisProcess:
+    """A throwaway redis-server on a free loopback port (no persistence)."""
+    port = free_port()
+    proc = start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                  "--dir", str(directory)], port)
+    return RedisProcess(port, proc)
 
 
 def gateway(config: Path, port: int, cpus: str | None = None, log: Path | None = None) -> subprocess.Popen:

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "gateway.cli.model",
     "gateway.cli.level",
     "gateway.cli.review",
+    "gateway.cli.versions",
 ]
 
 

@@ -46,6 +46,7 @@ class IntegrityGate:
         self.serve_unsigned = serve_unsigned
         self.versions: dict[tuple[str, str], VersionConfig] = {}
         self.status: dict[tuple[str, str], str] = {}  # read on the request path
+        self.last_verified: dict[tuple[str, str], float] = {}
         self._lock = asyncio.Lock()  # one model hashes at a time
         self._loop_task: asyncio.Task[None] | None = None
         state.add_listener(self._on_state_change)
@@ -73,7 +74,7 @@ class IntegrityGate:
         elif doc is not None and doc.get("status") == FAILED:
             self.status[(model, version)] = FAILED  # a failure stays until a fresh verification passes
         else:
-            self.status.setdefault((model, version), PENDING)
+            self.status[(model, version)] = PENDING  # this replica hashes the files itself before serving them
 
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._reverify_forever(), name="gateway-integrity")
@@ -122,6 +123,12 @@ class IntegrityGate:
 
     async def _publish(self, model: str, version: str, outcome: dict[str, Any], actor: str, reason: str) -> dict[str, Any]:
         doc = {**outcome, "verified_at": time.time(), "by": self.state.store.replica_id}
+        self.last_verified[(model, version)] = doc["verified_at"]
+        current = self.state.docs.get(status_key(model, version)) or {}
+        if current.get("status") == doc["status"] and current.get("root_digest") == doc.get("root_digest"):
+            self.status[(model, version)] = doc["status"]
+            await self._record(model, version, doc, actor, reason)  # the same verdict again: nothing for replicas to apply
+            return {**current, "verified_at": doc["verified_at"], "seconds": doc.get("seconds")}
         await self.state.change(status_key(model, version), doc, audit={
             "action": "verification", "actor": actor, "reason": reason, "status": doc["status"],
             "root_digest": doc.get("root_digest"), "at": doc["verified_at"],
@@ -153,7 +160,7 @@ class IntegrityGate:
             "signed": bool(config and config.signed),
             "root_digest": doc.get("root_digest"),
             "signer": doc.get("signer"),
-            "verified_at": doc.get("verified_at"),
+            "verified_at": max(doc.get("verified_at") or 0, self.last_verified.get((model, version), 0)) or None,
             "verified_by": doc.get("by"),
             "problems": doc.get("problems", []),
         }

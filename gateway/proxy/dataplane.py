@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ class DataPlane:
         self.limit = gateway.config.limits.max_body_bytes
         self.buffer_limit = gateway.config.limits.max_response_buffer_bytes
         self.streams: dict[str, set[UpstreamResponse]] = {}
+        self.recent: dict[tuple[str, str], deque[str]] = {}  # the last request ids each version served
         gateway.state.add_listener(self._on_state_change)
         gateway.dataplane = self
 
@@ -255,6 +257,11 @@ class DataPlane:
         status = ex.status if not ex.disconnected else 499
         self.gw.metrics.observe(ex.model or "-", ex.version or "-", status, ex.route, elapsed, elapsed - ex.upstream_seconds)
         self.gw.observe_exchange(ex, elapsed)
+        if ex.version:
+            recent = self.recent.get((ex.model, ex.version))
+            if recent is None:
+                recent = self.recent[(ex.model, ex.version)] = deque(maxlen=20)
+            recent.append(ex.request_id.decode())
         if self.gw.access_log:
             self.gw.access_log.info(
                 "request",

@@ -1,0 +1,131 @@
+"""The version registry: every version of every model, in the state store, mirrored everywhere.
+
+Versions named in the config are registered at start-up; more can be added at run time.
+Adding a version never activates it. A version added at run time may name upstream
+credentials only as `${ENV}` references, resolved on each replica from its own
+environment: no secret is ever stored in the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from gateway.config import VersionConfig
+from gateway.configfile import ConfigError, describe_errors, interpolate
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.store import StaleWrite
+
+if TYPE_CHECKING:
+    from gateway.context import Gateway
+
+log = logging.getLogger("gateway.versions")
+
+PREFIX = "version/"
+
+
+def version_key(model: str, version: str) -> str:
+    return f"{PREFIX}{model}/{version}"
+
+
+def public_spec(config: VersionConfig) -> dict[str, Any]:
+    """What the registry shows of a version: header names, never their values."""
+    spec = config.model_dump(mode="json", exclude_none=True)
+    spec["headers"] = {name: "[set]" for name in config.headers}
+    return spec
+
+
+class Registry:
+    def __init__(self, gw: "Gateway") -> None:
+        self.gw = gw
+        gw.state.add_listener(self._on_state_change)
+
+    async def seed_from_config(self) -> None:
+        """Record the config's versions, so the history shows every version that ever served."""
+        for model, mc in self.gw.config.models.items():
+            for version, vc in mc.versions.items():
+                key = version_key(model, version)
+                doc = {"spec": public_spec(vc), "source": "config", "added_at": time.time(), "added_by": "config",
+                       "reason": "listed in the config"}
+                current = self.gw.state.docs.get(key)
+                if current is not None and current.get("spec") == doc["spec"]:
+                    continue
+                try:
+                    await self.gw.state.change(key, doc, expect_rev=(current or {}).get("rev", 0), confirm_timeout=0.0,
+                                               audit={"action": "register", "actor": "config", "reason": doc["reason"],
+                                                      "model": model, "version": version})
+                except StaleWrite:
+                    pass  # another replica registered it meanwhile
+
+    async def add(self, model: str, version: str, raw_spec: dict[str, Any], *, actor: str, reason: str) -> dict[str, Any]:
+        if model not in self.gw.catalog.models:
+            raise NotFound(f"unknown model {model!r}; known models: {', '.join(sorted(self.gw.catalog.models))}")
+        spec = self._validate(raw_spec)
+        key = version_key(model, version)
+        doc = {"spec": raw_spec, "source": "api", "added_at": time.time(), "added_by": actor, "reason": reason}
+        try:
+            await self.gw.state.change(key, doc, expect_rev=0, confirm_timeout=self.gw.policy.oversight.confirm_timeout,
+                                       audit={"action": "register", "actor": actor, "reason": reason,
+                                              "model": model, "version": version})
+        except StaleWrite:
+            raise Conflict(f"model {model} already has a version {version!r}; versions are never replaced") from None
+        await self.gw.recorder.action("register_version", actor=actor, reason=reason, model=model, version=version,
+                                      spec=public_spec(spec))
+        return {"model": model, "version": version, **self.describe(model, version)}
+
+    def _validate(self, raw_spec: dict[str, Any]) -> VersionConfig:
+        problems: list[str] = []
+        resolved = interpolate(raw_spec, (), problems, "version")
+        if problems:
+            raise BadRequest("; ".join(p.split(": ", 1)[1] for p in problems))
+        for name, value in (raw_spec.get("headers") or {}).items():
+            if isinstance(value, str) and value and "${" not in value:
+                raise BadRequest(f"headers.{name}: give upstream credentials as a ${{ENV_VAR}} reference, "
+                                 "resolved on each replica; secrets are not stored in the registry")
+        try:
+            return VersionConfig.model_validate(resolved)
+        except ValidationError as exc:
+            raise BadRequest("; ".join(describe_errors(exc))) from None
+
+    def _on_state_change(self, key: str, old: dict | None, new: dict) -> None:
+        """A version added at run time (on any replica) becomes routable here."""
+        if not key.startswith(PREFIX) or new.get("source") != "api":
+            return
+        model, version = key[len(PREFIX):].split("/", 1)
+        if version in self.gw.catalog.models.get(model, _NONE).versions:
+            return
+        try:
+            config = self._validate(new["spec"])
+        except (BadRequest, ConfigError) as exc:
+            log.error("cannot route to version %s/%s here: %s", model, version, getattr(exc, "message", exc))
+            return
+        self.gw.catalog.add_version(model, version, config)
+        self.gw.integrity.register(model, version, config)
+        self.gw.schedule(self.gw.integrity.verify(model, version, reason="registered"))
+
+    def describe(self, model: str, version: str) -> dict[str, Any]:
+        doc = self.gw.state.docs.get(version_key(model, version)) or {}
+        route = self.gw.catalog.models.get(model, _NONE).versions.get(version)
+        return {
+            "upstream": route.upstream if route else None,
+            "active": self.gw.state.active.get(model) == version,
+            "source": doc.get("source"),
+            "added_at": doc.get("added_at"),
+            "added_by": doc.get("added_by"),
+            **self.gw.integrity.describe(model, version),
+        }
+
+    def versions(self, model: str) -> dict[str, dict[str, Any]]:
+        if model not in self.gw.catalog.models:
+            raise NotFound(f"unknown model {model!r}")
+        return {version: self.describe(model, version) for version in self.gw.catalog.models[model].versions}
+
+
+class _NoModel:
+    versions: dict = {}
+
+
+_NONE = _NoModel()
