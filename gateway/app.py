@@ -13,7 +13,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
-from gateway.api import common, decisions, evidence, models, ops, oversight, review, versions
+from gateway.api import common, decisions, evidence, incidents, models, ops, oversight, review, versions
 from gateway.context import Gateway
 from gateway.errors import GatewayError
 from gateway.proxy.dataplane import DataPlane
@@ -26,7 +26,7 @@ _CONTROL_V1 = ("/v1/models", "/v1/decisions", "/v1/feedback")
 
 
 def _control_app(gateway: Gateway) -> Starlette:
-    routes = [*ops.routes(), *decisions.routes(), *oversight.routes(), *review.routes(), *models.routes(), *versions.routes(), *evidence.routes()]
+    routes = [*ops.routes(), *decisions.routes(), *oversight.routes(), *review.routes(), *models.routes(), *versions.routes(), *evidence.routes(), *incidents.routes()]
     app = Starlette(
         routes=routes,
         exception_handlers={

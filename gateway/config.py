@@ -218,6 +218,17 @@ def decode_key(text: str) -> bytes | None:
     return raw if len(raw) == 32 else None
 
 
+class WebhookTarget(_Strict):
+    """Where incident notifications go: a generic JSON webhook or a Slack-compatible incoming webhook."""
+
+    name: str = Field(pattern=_NAME)
+    url: AnyHttpUrl
+    format: Literal["json", "slack"] = "json"
+    headers: dict[str, str] = Field(default_factory=dict)
+    events: tuple[Literal["detected", "acknowledged", "note", "resolved"], ...] | None = Field(
+        None, description="only these incident events (default: all)")
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     data_dir: Path = Path("data")
@@ -230,6 +241,7 @@ class Config(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     evidence: EvidenceConfig = EvidenceConfig()
+    notifications: list[WebhookTarget] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True, description="set by the loader")
 
     _paths = field_validator("data_dir", "policy", mode="before")(_path_field)

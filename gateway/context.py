@@ -18,7 +18,9 @@ from gateway.config import Config, load_config
 from gateway.errors import Forbidden
 from gateway.evidence.recorder import EvidenceRecorder
 from gateway.evidence.records import decision_record
-from gateway.incidents.sink import IncidentSink, LoggingIncidentSink
+from gateway.incidents.manager import IncidentManager
+from gateway.incidents.monitor import Monitor
+from gateway.incidents.notify import Notifier
 from gateway.integrity.gate import IntegrityGate
 from gateway.metrics import Metrics
 from gateway.models import Catalog
@@ -59,14 +61,16 @@ class Gateway:
         )
         self.recorder: Recorder = EvidenceRecorder(config, policy.evidence) if config.evidence.enabled else NullRecorder()
         self._redact_headers = frozenset(h.encode() for h in policy.evidence.redact_headers)
-        self.incidents: IncidentSink = LoggingIncidentSink(self.recorder)
+        self.incidents = IncidentManager(self)
+        self.notifier = Notifier(self)
+        self.monitor = Monitor(self)
         self.integrity = IntegrityGate(self.state, self.recorder, self.incidents,
                                        reverify_interval=policy.integrity.reverify_interval,
                                        serve_unsigned=policy.integrity.serve_unsigned)
         for model_name, model in config.models.items():
             for version_name, version in model.versions.items():
                 self.integrity.register(model_name, version_name, version)
-        self.review = ReviewQueue(self.store, policy.review, self.recorder)
+        self.review = ReviewQueue(self.store, policy.review, self.recorder, on_verdict=self.monitor.verdict)
         self.levels = LevelControl(self.state, policy, list(config.models), self.recorder)
         self._model_policies = {name: policy.for_model(name) for name in config.models}
         self._record_from = policy.oversight.record_all_from_level
@@ -86,6 +90,7 @@ class Gateway:
 
     # lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
+        self.notifier.check_template()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         if isinstance(self.recorder, EvidenceRecorder):
             await asyncio.to_thread(self.recorder.open)
@@ -98,6 +103,8 @@ class Gateway:
             self.integrity.register(model, version, config)  # again, now that stored verdicts are known
         await self.review.start()
         await self.integrity.start()
+        await self.monitor.start()
+        await self.notifier.start()
         self.started_at = time.time()
         log.info(
             "gateway started",
@@ -119,6 +126,8 @@ class Gateway:
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        await self.notifier.stop()
+        await self.monitor.stop()
         await self.integrity.stop()
         await self.review.stop()
         await self.state.stop()
@@ -191,7 +200,8 @@ class Gateway:
         return await self.recorder.decision(record, bodies)
 
     def observe_exchange(self, ex: "Exchange", elapsed: float) -> None:
-        """Live traffic signals for incident detection (see `gateway.incidents`)."""
+        """Live traffic signals for incident detection (see `gateway.incidents.monitor`)."""
+        self.monitor.observe(ex)
 
     def authorize(self, authorization: str | None, *roles: str) -> Caller:
         """The caller behind a bearer token, if it has one of `roles`."""

@@ -54,6 +54,10 @@ class Fairness(_Strict):
 class ModelPolicy(_Strict):
     """Per-model rules; anything left out comes from `defaults`."""
 
+    latency_baseline_ms: float | None = Field(None, gt=0, description="normal p50; default: learned from the model's traffic")
+    baseline_accuracy: Rate | None = Field(None, description="expected accuracy; default: learned from earlier feedback")
+    feedback_window: Seconds | None = Field(None, description="how long POST /v1/feedback is accepted after a request; "
+                                            "off when unset (the gateway then remembers nothing per request)")
     sample_rate: dict[Level, Rate] | None = None
     confidence_threshold: Rate | None = None
     confidence: ConfidenceSource | None = None
@@ -101,6 +105,80 @@ class Evidence(_Strict):
         return tuple(n.lower() for n in names)
 
 
+Severity = Literal["low", "medium", "high", "critical"]
+
+
+class Trigger(_Strict):
+    severity: Severity
+    raise_to: Level | None = Field(description="raise the model's level to this (never lowers); null: notify only")
+    rollback: bool = Field(False, description="also roll back to the last good version (its checks apply)")
+
+
+class AccuracyDrop(Trigger):
+    threshold_pct: float = Field(gt=0)
+    window: Seconds
+    min_samples: int = Field(ge=1)
+
+
+class ErrorRate(Trigger):
+    threshold: Rate
+    window: Seconds
+    min_requests: int = Field(ge=1)
+
+
+class Latency(Trigger):
+    factor: float = Field(gt=1)
+    window: Seconds
+    baseline_window: Seconds
+    min_requests: int = Field(ge=1)
+
+
+class Downtime(Trigger):
+    after: Seconds
+
+
+class DisparateImpact(Trigger):
+    threshold: Rate
+    window: Seconds
+    min_per_group: int = Field(ge=1)
+    confidence: float = Field(gt=0, lt=1)
+
+
+class FnrGap(Trigger):
+    threshold: Rate
+    window: Seconds
+    min_per_group: int = Field(ge=1)
+
+
+class AuthFailures(Trigger):
+    threshold: int = Field(ge=1)
+    window: Seconds
+
+
+class EvidenceCheck(Trigger):
+    check_every: Seconds
+
+
+class Triggers(_Strict):
+    evaluate_every: Seconds
+    accuracy_drop: AccuracyDrop
+    accuracy_drop_cumulative: AccuracyDrop
+    error_rate: ErrorRate
+    latency: Latency
+    downtime: Downtime
+    disparate_impact: DisparateImpact
+    fnr_gap: FnrGap
+    integrity: Trigger
+    auth_failures: AuthFailures
+    evidence: EvidenceCheck
+
+
+class Notifications(_Strict):
+    template: str = Field(description="file in policies/templates/ (Jinja2) the messages are rendered from")
+    retry_max_seconds: Seconds
+    give_up_after: Seconds
+
+
 class Policy(_Strict):
     version: str = Field(min_length=1)
     oversight: Oversight
@@ -109,8 +187,10 @@ class Policy(_Strict):
     evidence: Evidence
     defaults: ModelPolicy
     models: dict[str, ModelPolicy] = Field(default_factory=dict)
-    triggers: dict[str, Any] = Field(default_factory=dict)
+    triggers: Triggers
+    notifications: Notifications
     digest: str = Field("", description="SHA-256 of the merged policy, set by the loader")
+    folders: tuple[str, ...] = Field((), description="the policy file's folder and those of the files it extends")
 
     @model_validator(mode="after")
     def _defaults_complete(self) -> "Policy":
@@ -146,7 +226,8 @@ class EffectiveModelPolicy(ModelPolicy):
 def load_policy(path: str | Path) -> Policy:
     """Read a policy file (following `extends:`), validate it and stamp its digest."""
     path = Path(path)
-    data = _read_with_bases(path, seen=())
+    folders: list[str] = []
+    data = _read_with_bases(path, seen=(), folders=folders)
     try:
         policy = Policy.model_validate(data, context={"base_dir": path.parent})
     except Exception as exc:  # pydantic.ValidationError
@@ -155,7 +236,7 @@ def load_policy(path: str | Path) -> Policy:
         raise
     policy = policy.model_copy(update={"models": {k: _resolve_smoke(v, path.parent) for k, v in policy.models.items()}})
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-    return policy.model_copy(update={"digest": digest})
+    return policy.model_copy(update={"digest": digest, "folders": tuple(folders)})
 
 
 def _resolve_smoke(mp: ModelPolicy, base: Path) -> ModelPolicy:
@@ -164,8 +245,9 @@ def _resolve_smoke(mp: ModelPolicy, base: Path) -> ModelPolicy:
     return mp.model_copy(update={"smoke": mp.smoke.model_copy(update={"dataset": resolve_path(mp.smoke.dataset, base)})})
 
 
-def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _read_with_bases(path: Path, seen: tuple[Path, ...], folders: list[str]) -> dict[str, Any]:
     resolved = path.resolve()
+    folders.append(str(resolved.parent))
     if resolved in seen:
         raise ConfigError([f"{path}: `extends` loops back to itself"])
     data = read_yaml(path)
@@ -174,7 +256,7 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         return data
     if not isinstance(base, str):
         raise ConfigError([f"{path}: extends: expected a path to another policy file"])
-    parent = _read_with_bases(resolve_path(base, path.parent), seen + (resolved,))
+    parent = _read_with_bases(resolve_path(base, path.parent), seen + (resolved,), folders)
     return _merge(parent, data)
 
 

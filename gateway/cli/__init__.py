@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "gateway.cli.level",
     "gateway.cli.review",
     "gateway.cli.versions",
+    "gateway.cli.incident",
 ]
 
 

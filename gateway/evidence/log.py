@@ -45,6 +45,7 @@ from .recovery import EvidenceLogError
 from .layout import acquire_lock, load_meta, remember_public_key
 from .retention import HoldStore, RetentionManifest, expired_segments, fsync_dir, merge_ranges
 from .segments import SegmentHeader, frame, list_segments, pread_record, segment_name
+from .merkle import Frontier, decompose
 from .tree import TreeFiles
 
 logger = logging.getLogger("gateway.evidence")
@@ -497,6 +498,12 @@ class EvidenceLog:
     def consistency_proof(self, m: int, n: int) -> list[bytes]:
         with self._lock:
             return self._tree.consistency_proof(m, n)
+
+    def frontier_at(self, size: int) -> Frontier:
+        """The tree's right edge at `size`, from stored subtree hashes (to extend it independently)."""
+        with self._lock:
+            nodes = [(level, self._tree.node(level, index)) for level, index in decompose(0, size)]
+        return Frontier(size, nodes)
 
     def latest_checkpoint(self) -> Checkpoint:
         assert self._last_cp is not None

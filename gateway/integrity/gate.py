@@ -107,10 +107,16 @@ class IntegrityGate:
         if outcome["status"] == FAILED:
             log.error("model %s version %s failed verification: %s", model, version, "; ".join(outcome["problems"][:3]))
             if previous != FAILED:
+                serving = self.state.active.get(model) == version
+                # The policy's action (level 4 for the model) when the serving version is hit; a candidate
+                # that fails cannot serve anyway (this gate refuses it), so its incident only notifies.
+                extra = {} if serving else {"raise_to": None, "rollback": False}
                 await self.incidents.raise_incident(
                     category="security", trigger="integrity", severity="critical", model=model, version=version,
-                    summary=f"weights of {model}/{version} do not match their signature",
-                    values={"problems": outcome["problems"][:10], "root_digest": report.root_digest},
+                    summary=f"weights of {model}/{version} do not match their signature"
+                            + ("" if serving else " (not the active version)"),
+                    values={"problems": outcome["problems"][:10], "root_digest": report.root_digest, "active": serving},
+                    **extra,
                 )
         return result
 

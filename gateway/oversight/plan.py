@@ -18,6 +18,7 @@ class Plan:
     threshold: float | None  # level 2: answers below it (or without a confidence) wait for a human
     sampled: bool  # queued for post-hoc review after it is served
     record: bool  # recorded as evidence whatever happens
+    watched: bool = False  # the model's bodies feed bias and accuracy monitoring
 
     @property
     def buffers(self) -> bool:
@@ -27,14 +28,15 @@ class Plan:
     @property
     def captures(self) -> bool:
         """The request and answer bytes are kept (for a ticket or a record)."""
-        return self.record or self.sampled or self.buffers or not self.call_model
+        return self.record or self.sampled or self.buffers or not self.call_model or self.watched
 
 
 def plan_request(level: int, policy: EffectiveModelPolicy, record_from: int, request_id: bytes, sampler: Sampler) -> Plan:
+    watched = policy.fairness is not None or bool(policy.feedback_window)
     if level >= 4:
-        return Plan(level, False, False, None, False, True)
+        return Plan(level, False, False, None, False, True, watched)
     if level == 3:
-        return Plan(level, True, True, None, False, True)
+        return Plan(level, True, True, None, False, True, watched)
     sampled = sampler.sampled(request_id, policy.rate_at(level))
     threshold = policy.confidence_threshold if level == 2 else None
-    return Plan(level, True, False, threshold, sampled, level >= record_from or sampled)
+    return Plan(level, True, False, threshold, sampled, level >= record_from or sampled, watched)

@@ -50,6 +50,9 @@ class DataPlane:
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         ex = Exchange(request_id_from(headers))
+        client = scope.get("client")
+        if client:
+            ex.client_addr = client[0]
         task = asyncio.current_task()
         watcher: asyncio.Task[None] | None = None
         plan: Plan | None = None
@@ -98,6 +101,7 @@ class DataPlane:
         except UpstreamError as exc:  # the answer broke off after it started
             self.gw.metrics.upstream_error(ex.model, ex.version, exc.kind)
             ex.error_type = f"upstream_{exc.kind}"
+            ex.upstream_error = exc.kind
             log.warning("upstream answer broke off: %s", exc, extra={"request_id": ex.request_id.decode()})
         except asyncio.CancelledError:
             if not ex.disconnected:
@@ -146,11 +150,10 @@ class DataPlane:
 
     # forward -----------------------------------------------------------------------
     async def _call(self, scope, headers, route: "VersionRoute", body, ex: Exchange) -> UpstreamResponse:
-        client = scope.get("client")
         upstream_headers = upstream_request_headers(
             headers,
             request_id=ex.request_id,
-            client_addr=client[0].encode() if client else b"unknown",
+            client_addr=ex.client_addr.encode(),
             scheme=scope.get("scheme", "http").encode(),
             extra=route.extra_headers,
         )
@@ -159,6 +162,7 @@ class DataPlane:
             response = await route.pool.request(ex.method.encode(), ex.target, upstream_headers, body)
         except UpstreamError as exc:
             self.gw.metrics.upstream_error(ex.model, ex.version, exc.kind)
+            ex.upstream_error = exc.kind
             if exc.kind == "timeout":
                 raise UpstreamTimeout(f"upstream of {ex.model}/{ex.version} did not answer in time") from None
             raise UpstreamUnreachable(f"upstream of {ex.model}/{ex.version}: {exc}") from None

@@ -24,7 +24,7 @@ class Exchange:
         "request_id", "started", "caller", "model", "version", "level", "route", "status",
         "upstream_seconds", "disconnected", "finished", "error_type", "method", "target",
         "request_body", "response_status", "response_headers", "response_body", "confidence", "ticket", "truncated",
-        "sent_start",
+        "sent_start", "client_addr", "upstream_error",
     )
 
     def __init__(self, request_id: bytes, started: float | None = None) -> None:
@@ -50,6 +50,8 @@ class Exchange:
         self.ticket: str | None = None
         self.truncated = False
         self.sent_start = False
+        self.client_addr = "unknown"
+        self.upstream_error: str | None = None  # connect, reset, timeout, protocol, ended
 
     def gateway_headers(self) -> list[tuple[bytes, bytes]]:
         overhead = perf_counter() - self.started - self.upstream_seconds

@@ -30,9 +30,10 @@ CREATED_TOPIC = "tickets"
 
 
 class ReviewQueue:
-    def __init__(self, store: Store, review: Review, recorder: Recorder | None = None) -> None:
+    def __init__(self, store: Store, review: Review, recorder: Recorder | None = None, on_verdict=None) -> None:
         self.store = store
         self.review = review
+        self.on_verdict = on_verdict  # reviewers' verdicts are ground truth for accuracy monitoring
         self.recorder: Recorder = recorder or NullRecorder()
         self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._listeners: list[Any] = []
@@ -157,6 +158,8 @@ class ReviewQueue:
                 record["status"] = decision.status
         updated = {**ticket, "status": DECIDED, "decision": record}
         await self._replace(ticket, updated)
+        if self.on_verdict is not None:
+            self.on_verdict(ticket, record)
         await self.recorder.action(
             "review_decision", actor=reviewer, reason=decision.note or "(no note)",
             ticket=ticket_id, request_id=ticket["request_id"], model=ticket["model"], version=ticket["version"],

@@ -152,6 +152,26 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete(self, coll: str, id: str) -> None: ...
 
+    # counters and short-lived facts ----------------------------------------------
+    @abc.abstractmethod
+    async def add_counts(self, counts: dict[str, dict[str, float]], ttl: float) -> None:
+        """Add to counters (key -> field -> amount) in one round trip; a key lives `ttl` seconds after its last add.
+
+        Replicas add what they saw since their last flush, so a window's counts are the
+        sum over every replica, whichever carried the traffic.
+        """
+
+    @abc.abstractmethod
+    async def read_counts(self, keys: list[str]) -> dict[str, dict[str, float]]:
+        """The counters of each key (an empty mapping for a key never counted or expired)."""
+
+    @abc.abstractmethod
+    async def remember(self, coll: str, items: dict[str, dict[str, Any]], ttl: float) -> None:
+        """Keep small documents for `ttl` seconds, written in one round trip (e.g. who made which request)."""
+
+    @abc.abstractmethod
+    async def recall(self, coll: str, id: str) -> dict[str, Any] | None: ...
+
     # topics ---------------------------------------------------------------------
     @abc.abstractmethod
     async def publish(self, topic: str, message: dict[str, Any]) -> None: ...

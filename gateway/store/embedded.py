@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -38,6 +39,12 @@ CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, coll TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL,
     UNIQUE (coll, id)
 );
+CREATE TABLE IF NOT EXISTS counters (key TEXT NOT NULL, field TEXT NOT NULL, value REAL NOT NULL, expires REAL NOT NULL,
+    PRIMARY KEY (key, field));
+CREATE TABLE IF NOT EXISTS remembered (coll TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, expires REAL NOT NULL,
+    PRIMARY KEY (coll, id));
+CREATE INDEX IF NOT EXISTS remembered_expiry ON remembered (expires);
+CREATE INDEX IF NOT EXISTS counters_expiry ON counters (expires);
 CREATE INDEX IF NOT EXISTS records_by_status ON records (coll, json_extract(doc, '$.status'), seq);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', 0);
 """
@@ -234,6 +241,65 @@ class EmbeddedStore(Store):
 
     async def delete(self, coll: str, id: str) -> None:
         await self._run(lambda: self._conn().execute("DELETE FROM records WHERE coll=? AND id=?", (coll, id)))
+
+    # counters and short-lived facts ----------------------------------------------
+    async def add_counts(self, counts: dict[str, dict[str, float]], ttl: float) -> None:
+        def write() -> None:
+            now = time.time()
+            rows = [(key, name, amount, now + ttl) for key, fields in counts.items() for name, amount in fields.items()]
+            self._in_transaction(lambda db: (
+                db.executemany("INSERT INTO counters (key, field, value, expires) VALUES (?, ?, ?, ?) ON CONFLICT(key, field) "
+                               "DO UPDATE SET value = value + excluded.value, expires = excluded.expires", rows),
+                db.execute("DELETE FROM counters WHERE expires < ?", (now,)),
+            ))
+
+        if counts:
+            await self._run(write)
+
+    async def read_counts(self, keys: list[str]) -> dict[str, dict[str, float]]:
+        def read() -> dict[str, dict[str, float]]:
+            out: dict[str, dict[str, float]] = {key: {} for key in keys}
+            now = time.time()
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, name, value in self._conn().execute(
+                        f"SELECT key, field, value FROM counters WHERE key IN ({marks}) AND expires >= ?", (*chunk, now)):
+                    out[key][name] = value
+            return out
+
+        return await self._run(read)
+
+    async def remember(self, coll: str, items: dict[str, dict[str, Any]], ttl: float) -> None:
+        def write() -> None:
+            now = time.time()
+            rows = [(coll, id, dumps(doc), now + ttl) for id, doc in items.items()]
+            self._in_transaction(lambda db: (
+                db.executemany("INSERT OR REPLACE INTO remembered (coll, id, doc, expires) VALUES (?, ?, ?, ?)", rows),
+                db.execute("DELETE FROM remembered WHERE expires < ?", (now,)),
+            ))
+
+        if items:
+            await self._run(write)
+
+    async def recall(self, coll: str, id: str) -> dict[str, Any] | None:
+        def read() -> dict[str, Any] | None:
+            row = self._conn().execute("SELECT doc FROM remembered WHERE coll=? AND id=? AND expires >= ?",
+                                       (coll, id, time.time())).fetchone()
+            return json.loads(row[0]) if row else None
+
+        return await self._run(read)
+
+    def _in_transaction(self, work) -> None:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            work(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     # topics ---------------------------------------------------------------------
     async def publish(self, topic: str, message: dict[str, Any]) -> None:

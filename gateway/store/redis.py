@@ -353,6 +353,36 @@ class RedisStore(Store):
                 pipe.zrem(self._k(f"cs:{coll}:{doc['status']}"), id)
             await self._call(pipe.execute())
 
+    # counters and short-lived facts ----------------------------------------------
+    async def add_counts(self, counts: dict[str, dict[str, float]], ttl: float) -> None:
+        if not counts:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, fields in counts.items():
+                for name, amount in fields.items():
+                    pipe.hincrbyfloat(self._k(f"n:{key}"), name, amount)
+                pipe.expire(self._k(f"n:{key}"), max(1, int(ttl)))
+            await self._call(pipe.execute())
+
+    async def read_counts(self, keys: list[str]) -> dict[str, dict[str, float]]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(self._k(f"n:{key}"))
+            results = await self._call(pipe.execute())
+        return {key: {name.decode(): float(value) for name, value in found.items()} for key, found in zip(keys, results)}
+
+    async def remember(self, coll: str, items: dict[str, dict[str, Any]], ttl: float) -> None:
+        if not items:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for id, doc in items.items():
+                pipe.set(self._k(f"m:{coll}:{id}"), dumps(doc), ex=max(1, int(ttl)))
+            await self._call(pipe.execute())
+
+    async def recall(self, coll: str, id: str) -> dict[str, Any] | None:
+        raw = await self._call(self._redis.get(self._k(f"m:{coll}:{id}")))
+        return json.loads(raw) if raw else None
+
     # topics ---------------------------------------------------------------------
     async def publish(self, topic: str, message: dict[str, Any]) -> None:
         await self._call(self._redis.publish(self._k(f"t:{topic}"), dumps(message)))

@@ -56,11 +56,23 @@ async def test_a_verified_version_serves_and_a_tampered_one_does_not(tmp_path, d
         assert (await _predict(gw, "plain")).status_code == 200  # other models keep serving
         assert (await _status(gw, "plain"))["status"] == "unsigned"
 
-        data[1000] ^= 0x01  # the files are fixed: a fresh verification restores the version
+        incidents = (await gw.client.get("/admin/incidents", headers=auth("operator"))).json()["incidents"]
+        (incident,) = [i for i in incidents if i["trigger"] == "integrity"]
+        assert (incident["category"], incident["severity"], incident["model"]) == ("security", "critical", "signed")
+        levels = (await gw.client.get("/admin/oversight", headers=auth("operator"))).json()
+        assert levels["models"]["signed"]["level"] == 4  # the policy's integrity trigger pauses the model
+        assert levels["models"]["plain"]["level"] == 0
+
+        data[1000] ^= 0x01  # the files are fixed: a fresh verification restores the version...
         weights.write_bytes(bytes(data))
         r = await gw.client.post("/admin/models/signed/versions/v1/verify", headers=auth("operator"))
         assert r.json()["status"] == "verified"
-        assert (await _predict(gw, "signed")).status_code == 200
+        held = await _predict(gw, "signed")
+        assert held.status_code == 202 and held.headers["x-oversight-route"] == "human"  # ...but the pause stays
+        lower = await gw.client.put("/admin/oversight/models/signed", json={"level": 0, "reason": "files restored"},
+                                    headers=auth("operator"))
+        await gw.client.post(f"/admin/oversight/changes/{lower.json()['change']['id']}/approve", headers=auth("operator2"))
+        assert (await _predict(gw, "signed")).status_code == 200  # two operators lowered it
 
 
 async def test_scheduled_reverification_catches_a_change(tmp_path, demo, signed_model):

@@ -167,3 +167,23 @@ async def test_insert_many_adds_a_batch_and_leaves_existing_ids_alone(store):
     await store.insert_many("tickets", [{"id": f"t{i}", "status": "pending", "n": 1} for i in range(4)])
     docs = await store.query("tickets", where={"status": "pending"}, newest_first=False)
     assert [(d["id"], d["n"]) for d in docs] == [("t0", 0), ("t1", 1), ("t2", 1), ("t3", 1)]
+
+
+async def test_counts_add_up_across_writers_and_expire(store):
+    await store.add_counts({"demo|v1|100": {"requests": 3, "errors": 1}, "demo|v1|160": {"requests": 2}}, ttl=60)
+    await store.add_counts({"demo|v1|100": {"requests": 4, "latency_sum": 0.25}}, ttl=60)
+    counts = await store.read_counts(["demo|v1|100", "demo|v1|160", "demo|v1|220"])
+    assert counts == {"demo|v1|100": {"requests": 7, "errors": 1, "latency_sum": 0.25}, "demo|v1|160": {"requests": 2},
+                      "demo|v1|220": {}}
+    await store.add_counts({"short": {"n": 1}}, ttl=1)
+    await asyncio.sleep(2.1)
+    assert (await store.read_counts(["short"]))["short"] == {}
+
+
+async def test_remembered_facts_are_recalled_until_they_expire(store):
+    await store.remember("decisions", {"r1": {"caller": "c1", "group": "A"}, "r2": {"caller": "c2"}}, ttl=60)
+    assert await store.recall("decisions", "r1") == {"caller": "c1", "group": "A"}
+    assert await store.recall("decisions", "nope") is None
+    await store.remember("decisions", {"r3": {"caller": "c3"}}, ttl=1)
+    await asyncio.sleep(2.1)
+    assert await store.recall("decisions", "r3") is None

@@ -1,0 +1,294 @@
+"""Watching live traffic for the seed's incident triggers, and opening incidents when they fire.
+
+The request path hands each finished exchange to `observe` (memory only). Once a second
+the counts go to the store; every `triggers.evaluate_every` the windows are read back —
+summed over all replicas — and each trigger is checked for each model's active version.
+A trigger fires strictly above its threshold and only with enough data in its window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from gateway.incidents import signals
+from gateway.incidents.counters import MINUTE, TrafficCounters
+from gateway.oversight.confidence import resolve_pointer
+from gateway.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from gateway.context import Gateway
+    from gateway.proxy.exchange import Exchange
+
+log = logging.getLogger("gateway.monitor")
+
+DECISIONS = "decisions"
+
+
+class Monitor:
+    def __init__(self, gw: "Gateway") -> None:
+        self.gw = gw
+        self.counters = TrafficCounters(gw.store)
+        self.triggers = gw.policy.triggers
+        self._stubs: dict[str, dict[str, Any]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tail_check = None
+
+    # the request path ----------------------------------------------------------------------
+    def observe(self, ex: "Exchange") -> None:
+        if ex.error_type in ("unauthorized", "forbidden"):
+            self.counters.refused(ex.caller.id if ex.caller else ex.client_addr)
+            return
+        if not ex.version or ex.disconnected:
+            return
+        called = ex.upstream_seconds > 0 or ex.upstream_error is not None
+        if not called:
+            return  # not sent to the model (held at level 4, refused by the integrity gate, ...)
+        error = ex.upstream_error is not None or ex.response_status >= 500
+        self.counters.answered(ex.model, ex.version, upstream_ms=ex.upstream_seconds * 1000 if ex.upstream_error is None else None,
+                               error=error, unreachable=ex.upstream_error == "connect")
+        policy = self.gw.model_policy(ex.model)
+        if policy.fairness is None and not policy.feedback_window:
+            return
+        group = predicted = None
+        if policy.fairness is not None and ex.request_body is not None and ex.response_body and ex.response_status < 400:
+            group, predicted = _group_and_outcome(policy.fairness, ex.request_body, ex.response_body)
+            if group is not None and predicted is not None:
+                self.counters.outcome(ex.model, ex.version, group, predicted == policy.fairness.favourable)
+        if policy.feedback_window:
+            self._stubs[ex.request_id.decode()] = {"caller": ex.caller.id if ex.caller else None, "model": ex.model,
+                                                   "version": ex.version, "group": group, "predicted": predicted,
+                                                   "at": time.time()}
+
+    # feedback ----------------------------------------------------------------------------
+    async def feedback(self, request_id: str, caller: str, *, correct: bool | None, label: Any) -> dict[str, Any]:
+        """Ground truth for one earlier answer, from the client that asked."""
+        from gateway.errors import BadRequest, Conflict, NotFound
+        from gateway.store import StaleWrite
+
+        await self._flush_stubs()
+        stub = await self.gw.store.recall(DECISIONS, request_id)
+        if stub is None or stub["caller"] != caller:
+            raise NotFound(f"no request {request_id!r} of {caller} within the feedback window")
+        policy = self.gw.model_policy(stub["model"])
+        favourable = policy.fairness.favourable if policy.fairness else None
+        if correct is None:
+            if policy.fairness is None or stub["predicted"] is None:
+                raise BadRequest(f"model {stub['model']}'s policy names no outcome to compare a label with; send `correct`")
+            correct = label == stub["predicted"]
+        try:
+            await self.gw.store.insert("feedback", request_id, {"id": request_id, "caller": caller, "correct": correct,
+                                                                "label": label, "at": time.time()})
+        except StaleWrite:
+            raise Conflict(f"feedback for {request_id} was already given") from None
+        label_favourable = (label == favourable) if label is not None and favourable is not None else (
+            (stub["predicted"] == favourable) == correct if stub["predicted"] is not None and favourable is not None else None)
+        self.counters.feedback(stub["model"], stub["version"], correct=correct, group=stub["group"],
+                               label_favourable=label_favourable,
+                               predicted_favourable=None if stub["predicted"] is None else stub["predicted"] == favourable)
+        await self.gw.recorder.action("feedback", actor=caller, reason="ground truth", request_id=request_id,
+                                      model=stub["model"], version=stub["version"], correct=correct, label=label)
+        return {"request_id": request_id, "model": stub["model"], "version": stub["version"], "correct": correct}
+
+    def verdict(self, ticket: dict[str, Any], decision: dict[str, Any]) -> None:
+        """A reviewer's verdict is ground truth too: agree/approve right, disagree/override wrong."""
+        kind = decision.get("verdict") or decision.get("action")
+        if kind in ("agree", "approve"):
+            self.counters.feedback(ticket["model"], ticket["version"], correct=True)
+        elif kind in ("disagree", "override"):
+            self.counters.feedback(ticket["model"], ticket["version"], correct=False)
+
+    # running -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._flush_forever(), name="gateway-monitor-flush"),
+                       asyncio.create_task(self._evaluate_forever(), name="gateway-monitor-evaluate")]
+        log_ = getattr(self.gw.recorder, "log", None)
+        if log_ is not None:
+            from gateway.evidence.watch import TailCheck
+
+            self._tail_check = TailCheck(log_)
+            self._tasks.append(asyncio.create_task(self._check_evidence_forever(), name="gateway-evidence-check"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        try:
+            await self.flush()
+        except Exception:
+            log.warning("could not flush the last counts at shutdown")
+
+    async def flush(self) -> None:
+        await self.counters.flush()
+        await self._flush_stubs()
+
+    async def _flush_stubs(self) -> None:
+        if self._stubs:
+            stubs, self._stubs = self._stubs, {}
+            windows = [self.gw.model_policy(s["model"]).feedback_window or 0 for s in stubs.values()]
+            await self.gw.store.remember(DECISIONS, stubs, ttl=max(windows))
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.flush()
+            except StoreUnavailable as exc:
+                log.warning("could not flush traffic counts: %s", exc)
+
+    async def _evaluate_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.triggers.evaluate_every)
+            try:
+                await self.evaluate()
+            except StoreUnavailable as exc:
+                log.warning("could not evaluate triggers: %s", exc)
+            except Exception:
+                log.exception("evaluating triggers failed")
+
+    async def _check_evidence_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.triggers.evidence.check_every)
+            await self.check_evidence()
+
+    async def check_evidence(self) -> dict[str, Any] | None:
+        problem = await asyncio.to_thread(self._tail_check.run) if self._tail_check else None
+        if problem is None:
+            return None
+        t = self.triggers.evidence
+        return await self.gw.incidents.raise_incident(
+            category="security", trigger="evidence", severity=t.severity, model=None, version=None,
+            summary=f"the evidence log failed its live check: {problem}", values={"problem": problem},
+            raise_to=t.raise_to)
+
+    # evaluating ----------------------------------------------------------------------------
+    async def evaluate(self) -> list[dict[str, Any]]:
+        """Check every trigger now; returns the incidents opened or added to."""
+        await self.flush()
+        fired: list[dict[str, Any]] = []
+        for model in self.gw.catalog.models:
+            version = self.gw.state.active.get(model)
+            if version is None:
+                continue
+            for check in (self._error_rate, self._latency, self._downtime, self._accuracy, self._fairness):
+                finding = await check(model, version)
+                if finding is not None:
+                    fired.append(await self._open(model, version, *finding))
+        finding = await self._auth_failures()
+        if finding is not None:
+            fired.append(await self._open(None, None, *finding))
+        return fired
+
+    async def _open(self, model, version, trigger_name: str, category: str, summary: str, values: dict[str, Any],
+                    window: float) -> dict[str, Any]:
+        trigger = getattr(self.triggers, trigger_name)
+        now = time.time()
+        return await self.gw.incidents.raise_incident(
+            category=category, trigger=trigger_name, severity=trigger.severity, model=model, version=version,
+            summary=summary, values=values, window={"since": now - window, "until": now},
+            raise_to=trigger.raise_to, rollback=trigger.rollback)
+
+    async def _error_rate(self, model: str, version: str):
+        t = self.triggers.error_rate
+        counts = await self.counters.traffic(model, version, t.window)
+        rate = signals.error_rate(counts, min_requests=t.min_requests)
+        if rate is None or rate <= t.threshold:
+            return None
+        return ("error_rate", "performance",
+                f"{model} {version}: {rate:.2%} of requests failed over {t.window / 60:g} min (threshold {t.threshold:.2%})",
+                {"error_rate": rate, "requests": counts.get("requests", 0), "errors": counts.get("errors", 0)}, t.window)
+
+    async def _latency(self, model: str, version: str):
+        t = self.triggers.latency
+        current = signals.p50_ms(await self.counters.traffic(model, version, t.window), min_count=t.min_requests)
+        if current is None:
+            return None
+        baseline = self.gw.model_policy(model).latency_baseline_ms
+        if baseline is None:  # learned: the hour before the window
+            earlier = await self.counters.traffic(model, version, t.baseline_window, end=time.time() - t.window)
+            baseline = signals.p50_ms(earlier, min_count=t.min_requests)
+        if baseline is None or current <= t.factor * baseline:
+            return None
+        return ("latency", "performance",
+                f"{model} {version}: p50 latency {current:.0f} ms is over {t.factor:g}x its normal {baseline:.0f} ms",
+                {"p50_ms": current, "baseline_ms": baseline, "factor": current / baseline}, t.window)
+
+    async def _downtime(self, model: str, version: str):
+        t = self.triggers.downtime
+        minutes = await self.counters.recent_minutes(model, version, int(t.after // MINUTE) + 2)
+        down = 0
+        for bucket in minutes:
+            if bucket.get("unreachable", 0) > 0 and bucket.get("reached", 0) == 0:
+                down += 1
+            elif bucket:
+                break
+        if down * MINUTE <= t.after:
+            return None
+        return ("downtime", "availability", f"{model} {version}: the upstream has been unreachable for {down} min",
+                {"minutes_unreachable": down}, down * MINUTE)
+
+    async def _accuracy(self, model: str, version: str):
+        policy = self.gw.model_policy(model)
+        for name in ("accuracy_drop_cumulative", "accuracy_drop"):
+            t = getattr(self.triggers, name)
+            current = signals.accuracy(await self.counters.quality(model, version, t.window), min_samples=t.min_samples)
+            if current is None:
+                continue
+            floor = policy.published_min_accuracy
+            if name == "accuracy_drop_cumulative" and floor is not None and current < floor:
+                return (name, "performance", f"{model} {version}: accuracy {current:.1%} is below its published minimum {floor:.1%}",
+                        {"accuracy": current, "published_minimum": floor}, t.window)
+            baseline = policy.baseline_accuracy
+            if baseline is None:  # learned: the week before the window
+                earlier = await self.counters.quality(model, version, 7 * 86400, end=time.time() - t.window)
+                baseline = signals.accuracy(earlier, min_samples=t.min_samples)
+            if baseline is None:
+                continue
+            drop = signals.drop_pct(current, baseline)
+            if drop > t.threshold_pct:
+                return (name, "performance",
+                        f"{model} {version}: accuracy {current:.1%} is {drop:.1f}% below its baseline {baseline:.1%} "
+                        f"over {t.window / 3600:g} h", {"accuracy": current, "baseline": baseline, "drop_pct": drop}, t.window)
+        return None
+
+    async def _fairness(self, model: str, version: str):
+        if self.gw.model_policy(model).fairness is None:
+            return None
+        di, gap = self.triggers.disparate_impact, self.triggers.fnr_gap
+        counts = await self.counters.quality(model, version, di.window)
+        found = signals.disparate_impact(counts, min_per_group=di.min_per_group, confidence=di.confidence)
+        if found is not None and found.ratio_upper < di.threshold:
+            return ("disparate_impact", "bias",
+                    f"{model} {version}: disparate impact ratio {found.ratio:.2f} (upper {di.confidence:.0%} bound "
+                    f"{found.ratio_upper:.2f}) is below {di.threshold:.2f}: group {found.lowest} is selected at "
+                    f"{found.rates[found.lowest]:.1%}, group {found.highest} at {found.rates[found.highest]:.1%}",
+                    {"ratio": found.ratio, "ratio_upper": found.ratio_upper, "rates": found.rates, "decisions": sum(found.counts.values())},
+                    di.window)
+        counts = counts if gap.window == di.window else await self.counters.quality(model, version, gap.window)
+        found_gap = signals.fnr_gap(counts, min_per_group=gap.min_per_group)
+        if found_gap is not None and found_gap[0] > gap.threshold:
+            return ("fnr_gap", "bias", f"{model} {version}: false negative rates differ by {found_gap[0] * 100:.1f} points "
+                                       f"between groups", {"gap": found_gap[0], "fnr": found_gap[1]}, gap.window)
+        return None
+
+    async def _auth_failures(self):
+        t = self.triggers.auth_failures
+        by_source = await self.counters.refusals(t.window)
+        if not by_source:
+            return None
+        source, count = max(by_source.items(), key=lambda item: item[1])
+        if count <= t.threshold:
+            return None
+        return ("auth_failures", "security", f"{int(count)} refused credentials from {source} within {t.window:g} s",
+                {"source": source, "refusals": count}, t.window)
+
+
+def _group_and_outcome(fairness, request_body: bytes, response_body: bytes) -> tuple[str | None, Any]:
+    try:
+        group = resolve_pointer(json.loads(request_body), fairness.group_pointer)
+        outcome = resolve_pointer(json.loads(response_body), fairness.outcome_pointer)
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None, None
+    return (str(group) if group is not None else None), outcome

@@ -1,0 +1,110 @@
+"""The statistics behind the triggers, as plain functions over window counts.
+
+Counts come from `gateway.incidents.counters`: summed over every replica, over whole
+buckets. Each function returns None when there is too little data to say anything, so
+a quiet or small window never trips a trigger by chance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from scipy.stats import norm
+
+# Upper edges (ms) of the latency histogram; the last bucket is open-ended.
+LATENCY_EDGES_MS = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000, 30000)
+
+
+def latency_bucket(ms: float) -> int:
+    for i, edge in enumerate(LATENCY_EDGES_MS):
+        if ms <= edge:
+            return i
+    return len(LATENCY_EDGES_MS)
+
+
+def p50_ms(counts: dict[str, float], *, min_count: int) -> float | None:
+    """The median from the histogram, interpolated inside its bucket."""
+    buckets = [counts.get(f"lat{i}", 0.0) for i in range(len(LATENCY_EDGES_MS) + 1)]
+    total = sum(buckets)
+    if total < max(1, min_count):
+        return None
+    half, seen = total / 2, 0.0
+    for i, n in enumerate(buckets):
+        if seen + n >= half and n > 0:
+            low = LATENCY_EDGES_MS[i - 1] if i else 0.0
+            high = LATENCY_EDGES_MS[i] if i < len(LATENCY_EDGES_MS) else LATENCY_EDGES_MS[-1] * 2
+            return low + (high - low) * (half - seen) / n
+        seen += n
+    return None
+
+
+def error_rate(counts: dict[str, float], *, min_requests: int) -> float | None:
+    requests = counts.get("requests", 0.0)
+    if requests < max(1, min_requests):
+        return None
+    return counts.get("errors", 0.0) / requests
+
+
+def accuracy(counts: dict[str, float], *, min_samples: int) -> float | None:
+    n = counts.get("fb_n", 0.0)
+    if n < max(1, min_samples):
+        return None
+    return counts.get("fb_correct", 0.0) / n
+
+
+def drop_pct(current: float, baseline: float) -> float:
+    """How far below the baseline, in percent of the baseline (the seed's formula)."""
+    return (baseline - current) / baseline * 100 if baseline > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Fairness:
+    rates: dict[str, float]
+    counts: dict[str, int]
+    ratio: float
+    ratio_upper: float
+    lowest: str
+    highest: str
+
+
+def groups_in(counts: dict[str, float], prefix: str) -> dict[str, tuple[float, float]]:
+    """{group: (n, hits)} from fields `{prefix}:{group}:n` and `{prefix}:{group}:hit`."""
+    out: dict[str, list[float]] = {}
+    for name, value in counts.items():
+        if name.startswith(prefix + ":"):
+            group, _, kind = name[len(prefix) + 1:].rpartition(":")
+            pair = out.setdefault(group, [0.0, 0.0])
+            pair[0 if kind == "n" else 1] += value
+    return {g: (n, hits) for g, (n, hits) in out.items()}
+
+
+def disparate_impact(counts: dict[str, float], *, min_per_group: int, confidence: float) -> Fairness | None:
+    """Selection rate per group, their lowest-to-highest ratio, and that ratio's upper confidence bound.
+
+    The bound is the Katz log interval for a ratio of two proportions: a window trips
+    the trigger only when even the optimistic end of the interval is below the threshold.
+    """
+    groups = {g: (n, fav) for g, (n, fav) in groups_in(counts, "grp").items() if n >= min_per_group}
+    if len(groups) < 2:
+        return None
+    rates = {g: fav / n for g, (n, fav) in groups.items()}
+    lowest, highest = min(rates, key=rates.get), max(rates, key=rates.get)  # type: ignore[arg-type]
+    if rates[highest] == 0:
+        return None
+    ratio = rates[lowest] / rates[highest]
+    (n1, x1), (n2, x2) = groups[lowest], groups[highest]
+    if x1 == 0:
+        upper = 0.0  # no favourable outcome at all in a group of adequate size
+    else:
+        se = math.sqrt(max(0.0, 1 / x1 - 1 / n1 + 1 / x2 - 1 / n2))
+        upper = math.exp(math.log(ratio) + norm.ppf(0.5 + confidence / 2) * se)
+    return Fairness(rates, {g: int(n) for g, (n, _) in groups.items()}, ratio, min(upper, 1e9), lowest, highest)
+
+
+def fnr_gap(counts: dict[str, float], *, min_per_group: int) -> tuple[float, dict[str, float]] | None:
+    """The widest gap between groups' false negative rates, among answers whose true label is favourable."""
+    groups = {g: fn / n for g, (n, fn) in groups_in(counts, "pos").items() if n >= min_per_group}
+    if len(groups) < 2:
+        return None
+    return max(groups.values()) - min(groups.values()), groups
