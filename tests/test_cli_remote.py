@@ -366,3 +366,42 @@ async def test_odd_answers_and_tokens_end_in_one_line(case, cli, other_server, m
     except Exception as exc:  # what would reach a terminal as a traceback
         pytest.fail(f"raised {exc.__class__.__name__}: {exc}")
     r.one_line_error(code)
+
+
+# versions and incidents ------------------------------------------------------------------
+@pytest.fixture
+async def gw2(tmp_path, demo):
+    config = write_config(tmp_path / "two", {"demo": {"v1": demo.url, "v2": demo.url}})
+    async with serve_in_process(config) as running:
+        yield running
+
+
+async def test_versions_activate_and_rollback(gw2, cli):
+    run = await cli("versions", "demo", "--url", gw2.url)
+    assert run.code == 0 and run.out.startswith("demo: active v1\n") and " * v1 " in run.out
+    run = await cli("activate", "demo", "v2", "--reason", "new release", "--url", gw2.url)
+    assert run.code == 0 and run.out.startswith("demo: v1 -> v2 (activate, epoch ")
+    assert "checks: exists ok, verifies ok, upstream ok" in run.out
+    run = await cli("rollback", "demo", "--reason", "regression", "--url", gw2.url)
+    assert run.code == 0 and run.out.startswith("demo: v2 -> v1 (rollback")
+    (await cli("activate", "demo", "v9", "--reason", "x", "--url", gw2.url)).one_line_error(1, "404 not_found")
+    (await cli("activate", "demo", "v1", "--reason", "x", "--url", gw2.url)).one_line_error(1, "409 conflict", "already active")
+    (await cli("rollback", "demo", "--reason", "x", "--url", gw2.url, token="reviewer")).one_line_error(1, "403 forbidden")
+    history = json.loads((await cli("versions", "demo", "--json", "--url", gw2.url)).out)["history"]
+    assert [h["action"] for h in history[:2]] == ["rollback", "activate"]
+
+
+async def test_incident_list_show_ack_note_resolve(gw2, cli):
+    r = await gw2.client.post("/admin/incidents", json={"category": "security", "severity": "critical", "summary": "token leaked"},
+                              headers=auth("operator"))
+    incident = r.json()["id"]
+    run = await cli("incident", "list", "--url", gw2.url)
+    assert run.code == 0 and run.out.startswith(f"{incident}  open ") and "token leaked" in run.out
+    assert (await cli("incident", "ack", incident, "--url", gw2.url)).out == f"{incident}: acknowledged\n"
+    assert (await cli("incident", "note", incident, "--note", "rotated", "--url", gw2.url)).code == 0
+    (await cli("incident", "resolve", incident, "--url", gw2.url)).one_line_error(2, "--note")
+    assert (await cli("incident", "resolve", incident, "--note", "all rotated", "--url", gw2.url)).out == f"{incident}: resolved\n"
+    shown = (await cli("incident", "show", incident, "--url", gw2.url)).out
+    assert "detected" in shown and "acknowledged" in shown and "rotated" in shown and "resolved" in shown
+    (await cli("incident", "show", "inc_nope", "--url", gw2.url)).one_line_error(1, "404 not_found")
+    assert "resolved" in (await cli("incident", "list", "--status", "resolved", "--url", gw2.url)).out
