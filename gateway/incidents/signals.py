@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy.stats.contingency import relative_risk
-
 # Latency histogram: bucket i holds latencies in (GROWTH**(i-1), GROWTH**i] ms, so a median
 # read from it is within 2 % of the true one whatever the scale (0.1 ms to minutes).
 GROWTH = 1.02
@@ -99,6 +97,8 @@ def disparate_impact(counts: dict[str, float], *, min_per_group: int, confidence
     if x1 == 0:
         upper = 0.0  # no favourable outcome at all in a group of adequate size
     else:
+        from scipy.stats.contingency import relative_risk  # imported when needed: SciPy alone is ~80 MB resident
+
         interval = relative_risk(int(x1), int(n1), int(x2), int(n2)).confidence_interval(confidence_level=confidence)
         upper = float(interval.high)
     return Fairness(rates, {g: int(n) for g, (n, _) in groups.items()}, ratio, upper, lowest, highest)

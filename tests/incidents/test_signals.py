@@ -61,3 +61,12 @@ def test_false_negative_rate_gap():
 
 def test_drop_is_relative_to_the_baseline():
     assert signals.drop_pct(0.855, 0.9) == pytest.approx(5.0)
+
+
+def test_scipy_is_loaded_only_when_a_fairness_interval_is_computed():
+    """SciPy alone is ~80 MB resident: a gateway that never evaluates fairness never loads it."""
+    import subprocess
+    import sys
+
+    code = "import sys, gateway.app; print('scipy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
