@@ -239,8 +239,10 @@ class DemoModel:
 
     proc: subprocess.Popen
     url: str
+    start_line: str = ""
 
-    def stop(self) -> None:
+    def stop(self) -> str:
+        """Stop it; returns what it wrote on stderr (when started with `keep_stderr`)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -248,9 +250,11 @@ class DemoModel:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        stderr = self.proc.stderr.read() if self.proc.stderr is not None else ""
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+        return stderr
 
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"{self.url}/_demo/stats", timeout=5).json()
@@ -262,21 +266,22 @@ class DemoModel:
         httpx.post(f"{self.url}/_demo/reset", timeout=5).raise_for_status()
 
 
-def start_demo(*args: str, timeout: float = 15.0) -> DemoModel:
-    """Start `python -m gateway demo-model --port 0` and wait for its start line."""
+def start_demo(*args: str, timeout: float = 15.0, keep_stderr: bool = False) -> DemoModel:
+    """Start `python -m gateway demo-model --port 0` and wait for its start line (the kernel picks the port)."""
     import select
 
     from gateway.demo import START_LINE_RE
 
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo-model", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo-model", "--port", "0", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE if keep_stderr else subprocess.DEVNULL, text=True)
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline().strip() if ready else ""
     match = START_LINE_RE.match(line)
     if not match:
         proc.kill()
-        raise RuntimeError(f"demo model did not start (first line: {line!r})")
-    return DemoModel(proc, match["url"])
+        err = proc.stderr.read() if proc.stderr is not None else ""
+        raise RuntimeError(f"demo model did not start (first line: {line!r}; exit {proc.poll()}) {err}")
+    return DemoModel(proc, match["url"], line)
 
 
 def gateway_factory(tmp_path: Path, models: dict[str, Any]):

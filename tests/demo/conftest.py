@@ -2,68 +2,27 @@
 
 The start line gives the URL (the kernel picks the port, so there is no race for a
 "free" one). One process serves the whole package; every test starts from
-`POST /_demo/reset`. Tests that need other start-up flags call `start_demo`.
-Unlike tests/support.py's `start_demo`, this one keeps stderr, so the package can
-check that nothing the tests did made the demo log an error.
+`POST /_demo/reset`. Tests that need other start-up flags call `start_demo`, which
+keeps stderr, so the package can check that nothing the tests did made the demo log
+an error.
 """
 
 from __future__ import annotations
 
-import select
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from gateway.demo import START_LINE_RE
+from tests.support import DemoModel
+from tests.support import start_demo as start_demo_model
 
 SERVER_ARGS = ["--name", "demo-test"]
 
 
-@dataclass
-class DemoProcess:
-    proc: subprocess.Popen
-    url: str
-    start_line: str
-    stderr: str = ""
-
-    def stop(self) -> str:
-        """Stop the server; returns what it wrote on stderr."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.stderr += self.proc.stderr.read()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
-        return self.stderr
-
-
-def start_demo(*args: str, timeout: float = 10.0) -> DemoProcess:
-    cmd = [sys.executable, "-m", "gateway", "demo-model", "--port", "0", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        ready, _, _ = select.select([proc.stdout], [], [], max(remaining, 0))
-        if ready:
-            line = proc.stdout.readline().rstrip("\n")
-            if line:
-                match = START_LINE_RE.match(line)
-                if not match:
-                    proc.kill()
-                    raise AssertionError(f"unexpected start line {line!r}")
-                return DemoProcess(proc, match["url"], line)
-        if proc.poll() is not None or remaining <= 0:
-            proc.kill()
-            err = proc.stderr.read()
-            raise AssertionError(f"demo model did not start (exit {proc.poll()}): {err}")
+def start_demo(*args: str) -> DemoModel:
+    """A demo model that keeps its stderr, so the tests can see it wrote nothing there."""
+    return start_demo_model(*args, keep_stderr=True)
 
 
 @pytest.fixture(scope="package")
