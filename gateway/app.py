@@ -13,6 +13,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
+from gateway import console
 from gateway.api import common, decisions, evidence, incidents, models, ops, oversight, review, versions
 from gateway.context import Gateway
 from gateway.errors import GatewayError
@@ -26,7 +27,7 @@ _CONTROL_V1 = ("/v1/models", "/v1/decisions", "/v1/feedback")
 
 
 def _control_app(gateway: Gateway) -> Starlette:
-    routes = [*ops.routes(), *decisions.routes(), *oversight.routes(), *review.routes(), *models.routes(), *versions.routes(), *evidence.routes(), *incidents.routes()]
+    routes = [*ops.routes(), *decisions.routes(), *oversight.routes(), *review.routes(), *models.routes(), *versions.routes(), *evidence.routes(), *incidents.routes(), *console.routes()]
     app = Starlette(
         routes=routes,
         exception_handlers={

@@ -1,0 +1,215 @@
+"""The operator dashboard: levels, the kill switch, versions, approvals, incidents, the audit trail.
+
+Every action calls the same domain function as the JSON API (`gw.levels`, `gw.switcher`,
+`gw.incidents`) with the session's caller as the actor, after the server checked the
+session's role and CSRF token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.console.session import Session
+from gateway.console.web import (
+    LEVEL_NAMES,
+    Outcome,
+    action,
+    field,
+    gateway_of,
+    page,
+    render,
+)
+from gateway.errors import BadRequest
+from gateway.incidents import signals
+from gateway.review.tickets import PENDING
+
+CHART_MINUTES = 60
+CHART_W, CHART_H = 300, 64
+HISTORY_SHOWN = 6
+
+
+# traffic over the last hour -----------------------------------------------------------------
+async def minute_traffic(gw, model: str) -> list[dict[str, float]]:
+    """The model's last 60 minute buckets, oldest first, summed over its versions and every replica."""
+    out: list[dict[str, float]] = [{} for _ in range(CHART_MINUTES)]
+    for version in gw.catalog.models[model].versions:
+        newest_first = await gw.monitor.counters.recent_minutes(model, version, CHART_MINUTES)
+        for i, bucket in enumerate(reversed(newest_first)):
+            for name, value in bucket.items():
+                out[i][name] = out[i].get(name, 0.0) + value
+    return out
+
+
+def chart(minutes: list[dict[str, float]]) -> dict[str, Any]:
+    """Geometry for two small SVG charts (requests with errors; p50 latency) and the hour's figures."""
+    totals: dict[str, float] = {}
+    for bucket in minutes:
+        for name, value in bucket.items():
+            totals[name] = totals.get(name, 0.0) + value
+    step = CHART_W / len(minutes)
+    peak = max((b.get("requests", 0.0) for b in minutes), default=0.0) or 1.0
+    bars, errors, points = [], [], []
+    p50s = [signals.p50_ms(b, min_count=1) for b in minutes]
+    top = max((p for p in p50s if p is not None), default=0.0) or 1.0
+    segments: list[list[str]] = []
+    current: list[str] = []
+    for i, (bucket, p50) in enumerate(zip(minutes, p50s)):
+        x = round(i * step, 1)
+        requests, errs = bucket.get("requests", 0.0), bucket.get("errors", 0.0)
+        if requests:
+            h = max(1.0, (CHART_H - 4) * requests / peak)
+            bars.append({"x": x, "y": round(CHART_H - h, 1), "w": round(step - 1, 1), "h": round(h, 1)})
+        if errs:
+            h = max(1.0, (CHART_H - 4) * errs / peak)
+            errors.append({"x": x, "y": round(CHART_H - h, 1), "w": round(step - 1, 1), "h": round(h, 1)})
+        if p50 is None:
+            if current:
+                segments.append(current)
+                current = []
+            continue
+        y = round(CHART_H - 2 - (CHART_H - 8) * p50 / top, 1)
+        cx = round(x + step / 2, 1)
+        current.append(f"{cx},{y}")
+        points.append({"x": cx, "y": y})
+    if current:
+        segments.append(current)
+    requests = totals.get("requests", 0.0)
+    rate = signals.error_rate(totals, min_requests=1)
+    p50 = signals.p50_ms(totals, min_count=1)
+    return {
+        "w": CHART_W, "h": CHART_H, "bars": bars, "errors": errors,
+        "lines": [" ".join(s) for s in segments if len(s) > 1], "points": points,
+        "requests": int(requests), "errors_n": int(totals.get("errors", 0.0)),
+        "error_rate": rate, "p50": p50, "peak_rpm": int(peak if requests else 0), "peak_p50": top if p50 is not None else None,
+    }
+
+
+# the page --------------------------------------------------------------------------------------
+async def overview(gw) -> dict[str, Any]:
+    pending = await gw.review.list(status=PENDING, limit=1000)
+    models = []
+    for name in sorted(gw.catalog.models):
+        own, doc = gw.levels.current(name)
+        active = gw.state.active.get(name)
+        versions = gw.registry.versions(name)
+        waiting = [t for t in pending if t["model"] == name]
+        if len(pending) >= 1000:  # the shared read was cut short: count this model on its own
+            waiting = await gw.review.list(status=PENDING, model=name, limit=1000)
+        earlier = [v for v in await gw.switcher.previously_active(name) if v != active and v in versions]
+        models.append({
+            "name": name, "effective": gw.state.level_for(name), "own": own, "set_by": (doc or {}).get("actor"),
+            "set_reason": (doc or {}).get("reason"), "active": active, "versions": versions,
+            "verification": versions.get(active, {}) if active else {},
+            "queue": len(waiting), "samples": sum(1 for t in waiting if t["kind"] == "sample"),
+            "history": (await gw.switcher.history(name))[:HISTORY_SHOWN], "earlier": earlier,
+            "chart": chart(await minute_traffic(gw, name)),
+        })
+    glevel, gdoc = gw.levels.current(None)
+    incidents = await gw.incidents.list("open") + await gw.incidents.list("acknowledged")
+    incidents.sort(key=lambda i: i.get("opened_at", 0), reverse=True)
+    return {
+        "global_level": glevel, "global_doc": gdoc or {}, "models": models, "approvals": await gw.levels.pending(),
+        "incidents": incidents, "audit": await gw.store.audit_log(limit=50), "stale": gw.state.is_stale(),
+    }
+
+
+@page("operator")
+async def dashboard_page(request: Request, session: Session) -> Response:
+    data = await overview(gateway_of(request))
+    return render(request, "dashboard.html", {"title": "Operator dashboard", **data}, session=session)
+
+
+# actions ------------------------------------------------------------------------------------
+def _scope(form) -> str | None:
+    scope = field(form, "scope", required=True, max_length=200, what="the scope")
+    return None if scope == "global" else scope
+
+
+def _name(model: str | None) -> str:
+    return "global" if model is None else model
+
+
+def _applied(result: dict[str, Any]) -> str:
+    text = f"applied on {result.get('applied_by')}/{result.get('replicas')} replica(s)"
+    if result.get("unconfirmed"):
+        text += f"; NOT yet confirmed by {', '.join(result['unconfirmed'])}"
+    return text
+
+
+@action("operator")
+async def set_level(request: Request, session: Session, form) -> Outcome:
+    model = _scope(form)
+    raw = field(form, "level", required=True, what="the level")
+    if raw not in ("0", "1", "2", "3", "4"):
+        raise BadRequest(f"the level must be 0 to 4 (got {raw!r})")
+    reason = field(form, "reason", required=True, what="a reason")
+    result = await gateway_of(request).levels.set_level(int(raw), model=model, actor=session.caller, reason=reason)
+    if result["status"] == "pending_approval":
+        change = result["change"]
+        return Outcome(f"Lowering {_name(model)} from {change['from']} to {change['to']} needs a second operator: "
+                       f"change {change['id']} waits for approval (the level stays {result['level']}).", result, status=202,
+                       back="/console")
+    return Outcome(f"{_name(model)} level {result['previous']} → {result['level']} "
+                   f"({LEVEL_NAMES[result['level']]}), {_applied(result)}.", result, back="/console")
+
+
+@action("operator")
+async def kill(request: Request, session: Session, form) -> Outcome:
+    model = _scope(form)
+    reason = field(form, "reason", required=True, what="a reason")
+    if form.get("confirm") != "yes":
+        raise BadRequest("confirm the kill switch: tick the box that says every request becomes a human task")
+    result = await gateway_of(request).levels.kill(model=model, actor=session.caller, reason=reason)
+    return Outcome(f"Kill switch pulled: {_name(model)} is at level 4 (System pause); the model is not called, "
+                   f"every request becomes a human task. {_applied(result).capitalize()}.", result, back="/console")
+
+
+@action("operator")
+async def approve_change(request: Request, session: Session, form) -> Outcome:
+    reason = field(form, "reason", what="the reason") or None
+    result = await gateway_of(request).levels.approve(request.path_params["id"], actor=session.caller, reason=reason)
+    return Outcome(f"Approved {request.path_params['id']}: {_name(result['model'])} level {result['previous']} → "
+                   f"{result['level']}, {_applied(result)}.", result, back="/console")
+
+
+@action("operator")
+async def activate(request: Request, session: Session, form) -> Outcome:
+    model = request.path_params["model"]
+    version = field(form, "version", required=True, max_length=200, what="the version")
+    reason = field(form, "reason", required=True, what="a reason")
+    result = await gateway_of(request).switcher.activate(model, version, actor=session.caller, reason=reason)
+    return Outcome(f"{model}: {result['from']} → {result['to']} is active after "
+                   f"{', '.join(c['check'] for c in result['checks'])} passed; {_applied(result)}.", result, back="/console")
+
+
+@action("operator")
+async def rollback(request: Request, session: Session, form) -> Outcome:
+    model = request.path_params["model"]
+    to = field(form, "to", max_length=200) or None
+    reason = field(form, "reason", required=True, what="a reason")
+    result = await gateway_of(request).switcher.rollback(model, to=to, actor=session.caller, reason=reason)
+    return Outcome(f"{model} rolled back: {result['from']} → {result['to']}; {_applied(result)}.", result, back="/console")
+
+
+@action("operator")
+async def acknowledge(request: Request, session: Session, form) -> Outcome:
+    note = field(form, "note", max_length=4000, what="the note") or None
+    incident = await gateway_of(request).incidents.acknowledge(request.path_params["id"], actor=session.caller, note=note)
+    return Outcome(f"Acknowledged {incident['id']}.", incident, back="/console")
+
+
+@action("operator")
+async def add_note(request: Request, session: Session, form) -> Outcome:
+    note = field(form, "note", required=True, max_length=4000, what="the note")
+    incident = await gateway_of(request).incidents.note(request.path_params["id"], actor=session.caller, text=note)
+    return Outcome(f"Note added to {incident['id']}.", incident, back="/console")
+
+
+@action("operator")
+async def resolve(request: Request, session: Session, form) -> Outcome:
+    note = field(form, "note", required=True, max_length=4000, what="a resolution note (what was found and done)")
+    incident = await gateway_of(request).incidents.resolve(request.path_params["id"], actor=session.caller, note=note)
+    return Outcome(f"Resolved {incident['id']}.", incident, back="/console")

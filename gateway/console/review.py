@@ -1,0 +1,191 @@
+"""The reviewer console: the pending queue (live over server-sent events), a ticket, its decision.
+
+Decisions go through `gw.review` exactly like `POST /review/tickets/{id}/decision`, with
+the session's caller as the reviewer; the queue's own rules (final decisions, claims,
+nobody reviews their own request) answer for themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response, StreamingResponse
+
+from gateway.configfile import describe_errors
+from gateway.console.session import Session, cookie_value
+from gateway.console.web import (
+    KEEPALIVE_SECONDS,
+    SECURITY_HEADERS,
+    Outcome,
+    action,
+    console_of,
+    env,
+    field,
+    gateway_of,
+    page,
+    render,
+)
+from gateway.errors import BadRequest, NotFound
+from gateway.review.tickets import PENDING, DecisionIn, public_view
+
+QUEUE_LIMIT = 200
+KINDS = ("hold", "human", "sample")
+
+
+def _kind(request: Request) -> str | None:
+    kind = request.query_params.get("kind")
+    return kind if kind in KINDS else None
+
+
+async def _pending(request: Request) -> list[dict[str, Any]]:
+    tickets = await gateway_of(request).review.list(status=PENDING, kind=_kind(request), limit=QUEUE_LIMIT)
+    return [public_view(t) for t in tickets]
+
+
+@page("reviewer", "operator")
+async def queue_page(request: Request, session: Session) -> Response:
+    return render(request, "review.html", {"title": "Review queue", "tickets": await _pending(request),
+                                           "kind": _kind(request), "limit": QUEUE_LIMIT}, session=session)
+
+
+@page("reviewer", "operator")
+async def queue_rows(request: Request, session: Session) -> Response:
+    """The queue's rows alone, for the page's script to swap in when an event arrives."""
+    html = env.get_template("_rows.html").render(tickets=await _pending(request), session=session)
+    return HTMLResponse(html, headers=SECURITY_HEADERS)
+
+
+@page("reviewer", "operator")
+async def events(request: Request, session: Session) -> Response:
+    """Every queue event on any replica, as `event: queue` messages; a comment line every 15 s keeps it open."""
+    console = console_of(request)
+    sid = cookie_value(request)
+
+    async def stream():
+        queue = console.hub.open(session.key)
+        try:
+            yield "retry: 2000\n: connected\n\n"
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    if await console.sessions.find(sid) is None:  # signed out (on any replica) or expired
+                        yield "event: signed-out\ndata: {}\n\n"
+                        return
+                    yield ": keep-alive\n\n"
+                    continue
+                if item is None:  # this session signed out here
+                    yield "event: signed-out\ndata: {}\n\n"
+                    return
+                yield f"event: queue\ndata: {json.dumps(item, separators=(',', ':'))}\n\n"
+        finally:
+            console.hub.close(queue)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"cache-control": "no-store", "x-accel-buffering": "no",
+                                      "x-content-type-options": "nosniff"})
+
+
+def _body_text(part: dict[str, Any] | None) -> tuple[str, bool]:
+    """(text to show, whether it is JSON)."""
+    if not part:
+        return "", False
+    body = part.get("body", "")
+    if part.get("body_encoding") == "base64":
+        size = len(base64.b64decode(body)) if body else 0
+        return f"(binary body, {size} bytes, base64)\n{body}", False
+    try:
+        return json.dumps(json.loads(body), indent=2, ensure_ascii=False), True
+    except ValueError:
+        return body, False
+
+
+@page("reviewer", "operator")
+async def ticket_page(request: Request, session: Session) -> Response:
+    gw = gateway_of(request)
+    try:
+        ticket = public_view(await gw.review.get(request.path_params["id"]))
+    except NotFound as exc:
+        return render(request, "result.html", {"title": "No such ticket", "ok": False, "message": exc.message,
+                                               "back": "/console/review"}, status=404, session=session)
+    request_body, _ = _body_text(ticket.get("request"))
+    recommendation = ticket.get("recommendation")
+    recommendation_body, is_json = _body_text(recommendation)
+    override = recommendation_body if is_json else ""
+    can_decide = ticket["status"] == PENDING and session.has("reviewer")
+    return render(request, "ticket.html", {
+        "title": f"Ticket {ticket['id']}", "ticket": ticket, "request_body": request_body,
+        "recommendation": recommendation, "recommendation_body": recommendation_body, "override": override,
+        "can_decide": can_decide, "own_request": ticket["caller"] == session.caller,
+        "can_release": ticket["status"] == PENDING and ticket.get("claimed_by")
+                       and (ticket["claimed_by"] == session.caller or session.has("operator")),
+    }, session=session)
+
+
+# actions -----------------------------------------------------------------------------------
+@action("reviewer")
+async def claim(request: Request, session: Session, form) -> Outcome:
+    ticket = await gateway_of(request).review.claim(request.path_params["id"], session.caller)
+    return Outcome(f"You claimed {ticket['id']}; other reviewers cannot decide it while your claim lasts.",
+                   public_view(ticket), back=f"/console/review/{ticket['id']}")
+
+
+@action("reviewer", "operator")
+async def release(request: Request, session: Session, form) -> Outcome:
+    ticket = await gateway_of(request).review.release(request.path_params["id"], session.caller,
+                                                      force=session.has("operator"))
+    return Outcome(f"Released {ticket['id']}: any reviewer may take it.", public_view(ticket),
+                   back=f"/console/review/{ticket['id']}")
+
+
+_ACTIONS = ("approve", "override", "reject")
+_VERDICTS = ("agree", "disagree")
+_SAID = {
+    "approve": "Approved {id}: the client receives the model's answer.",
+    "override": "Overrode {id}: the client receives your answer (HTTP {status}).",
+    "reject": "Rejected {id}: the client receives a refusal.",
+    "agree": "Recorded: you agree with the answer served for {id}.",
+    "disagree": "Recorded: you disagree with the answer served for {id}.",
+}
+
+
+def decision_from(form) -> DecisionIn:
+    """A `DecisionIn` from the console's form, or a 400 that says what is wrong."""
+    choice = field(form, "decision", required=True, what="the decision")
+    data: dict[str, Any] = {"note": field(form, "note", max_length=4000, what="the note")}
+    if choice in _VERDICTS:
+        data["verdict"] = choice
+    elif choice in _ACTIONS:
+        data["action"] = choice
+        if choice == "override":
+            text = form.get("response")
+            text = text if isinstance(text, str) else ""
+            if not text.strip():
+                raise BadRequest("an override needs the answer the client receives (JSON)")
+            try:
+                data["response"] = json.loads(text)
+            except ValueError as exc:
+                raise BadRequest(f"the override answer is not valid JSON: {exc}") from None
+            status = field(form, "status") or "200"
+            if not status.isdigit():
+                raise BadRequest(f"the override status must be a number (got {status!r})")
+            data["status"] = int(status)
+    else:
+        raise BadRequest(f"unknown decision {choice!r}; one of {', '.join(_ACTIONS + _VERDICTS)}")
+    try:
+        return DecisionIn.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest("; ".join(describe_errors(exc))) from None
+
+
+@action("reviewer")
+async def decide(request: Request, session: Session, form) -> Outcome:
+    decision = decision_from(form)
+    ticket = await gateway_of(request).review.decide(request.path_params["id"], session.caller, decision)
+    said = _SAID[decision.action or decision.verdict].format(id=ticket["id"], status=decision.status)
+    return Outcome(said, public_view(ticket), back="/console/review")
