@@ -71,7 +71,7 @@ async def login(request: Request) -> Response:
         caller = gw.authorize(f"Bearer {token}" if token else None)
     except Unauthorized:
         source = request.client.host if request.client else "-"
-        gw.monitor.counters.refused(source)  # counts toward the auth_failures trigger like any refused credential
+        gw.monitor.refused(source)  # counts toward the auth_failures trigger like any refused credential
         log.warning("console sign-in refused: unknown token", extra={"client": source})
         return again("That token is not valid.", 401)
     if not caller.has(*CONSOLE_ROLES):

@@ -63,6 +63,10 @@ class Monitor:
                                                    "version": ex.version, "group": group, "predicted": predicted,
                                                    "at": time.time()}
 
+    def refused(self, source: str) -> None:
+        """Refused credentials from outside the data plane (e.g. a console sign-in) count too."""
+        self.counters.refused(source)
+
     # feedback ----------------------------------------------------------------------------
     async def feedback(self, request_id: str, caller: str, *, correct: bool | None, label: Any) -> dict[str, Any]:
         """Ground truth for one earlier answer, from the client that asked."""

@@ -187,13 +187,13 @@ class DataPlane:
         ex.response_status, ex.response_headers, ex.response_body = response.status, out_headers, body
         recommendation = {"status": response.status, "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in out_headers],
                           **pack_body(body)}
+        source = self.gw.model_policy(ex.model).confidence
+        ex.confidence = read_confidence(source, response.headers, body)  # decides at level 2, informs the reviewer at 3
         if plan.hold_all:
             ex.route = HELD
             await self._hold(headers, ex, plan, send, kind="hold", recommendation=recommendation,
                              reason=f"level {plan.level}: every answer is reviewed; the model's answer is a recommendation")
             return
-        source = self.gw.model_policy(ex.model).confidence
-        ex.confidence = read_confidence(source, response.headers, body)
         if meets(ex.confidence, plan.threshold):  # type: ignore[arg-type]
             ex.route = SAMPLED if plan.sampled else AUTO
             await answers.send_whole(send, ex, response.status, out_headers, body, on_complete=lambda: self._record(ex, plan, headers))

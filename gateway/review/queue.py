@@ -61,6 +61,10 @@ class ReviewQueue:
         """Called with every queue event (created, claimed, decided), e.g. for live consoles."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     # holding -----------------------------------------------------------------------
     async def add(self, ticket: dict[str, Any]) -> dict[str, Any]:
         """Store a new ticket durably, then announce it."""

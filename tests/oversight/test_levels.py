@@ -50,6 +50,7 @@ async def test_level_3_holds_every_answer_as_a_recommendation(make_gateway, demo
         assert r.headers["location"] == body["status_url"] == f"/v1/decisions/{body['ticket']}"
         ticket = (await gw.client.get(f"/review/tickets/{body['ticket']}", headers=auth("reviewer"))).json()
         assert ticket["kind"] == "hold" and ticket["level"] == 3
+        assert ticket["confidence"] == 0.92  # the demo model's, shown to the reviewer
         assert ticket["recommendation"]["status"] == 200
         assert '"decision"' in ticket["recommendation"]["body"]
         assert ticket["request"]["body"] == '{"applicant":{"id":"lv-1","group":"A","income":40000}}'
