@@ -26,8 +26,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_POLICY = ROOT / "policies" / "default.yaml"
-# Interop vectors made by other tools, beside the checkout (read-only).
-VECTORS = Path(os.environ.get("OMS_VECTORS", ROOT.parent / "shared" / "vectors" / "oms"))
+# Interop vectors made by other tools (`model_signing` 1.1.1): the shared folder beside the
+# checkout when there is one, else the byte-identical copy in tests/vectors (a clean clone
+# has only that; tests/integrity/test_vectors_copy.py keeps the two the same).
+SHARED_VECTORS = ROOT.parent / "shared" / "vectors" / "oms"
+VECTORS = Path(os.environ.get("OMS_VECTORS") or (SHARED_VECTORS if SHARED_VECTORS.is_dir() else ROOT / "tests" / "vectors" / "oms"))
 
 TOKENS = {
     "client": "gw_test_client",
