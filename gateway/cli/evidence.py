@@ -117,51 +117,49 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace) -> int:
-    from gateway.evidence.crypto import load_public_key
-    from gateway.evidence.verify import VerifyError, verify_log
+def _trusted_keys(paths: list[str] | None) -> list:
+    """Every public key in the given PEM files (a file may hold several); unreadable is exit 2."""
+    from gateway.evidence.crypto import load_public_keys
 
     keys = []
-    for path in args.key or []:
+    for path in paths or []:
         try:
-            keys.append(load_public_key(Path(path)))
-        except (OSError, ValueError) as exc:
+            keys.extend(load_public_keys(Path(path).read_bytes()))
+        except (OSError, ValueError, TypeError) as exc:
             raise CliError(f"cannot read public key {path}: {exc}", 2) from None
+    return keys
+
+
+def _report(report, verbose: bool, details) -> int:
+    print(report.summary())
+    if verbose:
+        for kind, lines in details:
+            for line in lines:
+                print(f"  {kind}: {line}")
+    return 0 if report.ok else 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from gateway.evidence.verify import VerifyError, verify_log
+
+    keys = _trusted_keys(args.key)
     try:
         report = verify_log(args.directory, keys or None)
     except VerifyError as exc:
         raise CliError(str(exc), 2) from None
     except OSError as exc:
         raise CliError(f"cannot read {args.directory}: {exc}", 2) from None
-    print(report.summary())
-    if args.verbose:
-        for problem in report.problems:
-            print(f"  problem: {problem}")
-        for warning in report.warnings:
-            print(f"  warning: {warning}")
-    return 0 if report.ok else 1
+    return _report(report, args.verbose, [("problem", report.problems), ("warning", report.warnings)])
 
 
 def _verify_bundle(args: argparse.Namespace) -> int:
     from gateway.evidence.bundle import BundleError, verify_bundle
-    from gateway.evidence.crypto import load_public_keys
 
-    keys = []
-    for path in args.key or []:
-        try:
-            keys.extend(load_public_keys(Path(path).read_bytes()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise CliError(f"cannot read public key {path}: {exc}", 2) from None
+    keys = _trusted_keys(args.key)
     try:
         report = verify_bundle(Path(args.bundle), trusted_keys=keys or None)
     except BundleError as exc:
         raise CliError(str(exc), 2) from None
     except OSError as exc:
         raise CliError(f"cannot read {args.bundle}: {exc}", 2) from None
-    print(report.summary())
-    if args.verbose:
-        for problem in report.problems:
-            print(f"  problem: {problem}")
-        for note in report.notes:
-            print(f"  note: {note}")
-    return 0 if report.ok else 1
+    return _report(report, args.verbose, [("problem", report.problems), ("note", report.notes)])

@@ -27,27 +27,12 @@ def too_large(limit: int) -> PayloadTooLarge:
 
 async def read_body(receive, limit: int) -> bytes:
     """The whole body, refusing more than `limit` bytes as soon as it is exceeded."""
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone()
-    body = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
+    first, more = await first_part(receive)
+    if not more:
+        if len(first) > limit:
             raise too_large(limit)
-        return body
-    parts = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
+        return first
+    return b"".join([chunk async for chunk in stream_rest(first, receive, limit)])
 
 
 async def first_part(receive) -> tuple[bytes, bool]:
