@@ -192,6 +192,8 @@ class Gateway:
         self.integrity.check(model, version)
 
     async def record_exchange(self, ex: "Exchange", request_headers: list[tuple[bytes, bytes]]) -> int | None:
+        if isinstance(self.recorder, NullRecorder):
+            return None  # recording is off: do not even build the record
         verdict = self.state.docs.get(f"verify/{ex.model}/{ex.version}") or {}
         record, bodies = decision_record(
             ex, request_headers, policy_version=self.policy.version, root_digest=verdict.get("root_digest"),

@@ -11,7 +11,7 @@ from scipy.stats import norm
 
 from gateway.demo.model import applicant_score
 from gateway.incidents.counters import MINUTE
-from tests.support import auth, gateway_factory
+from tests.support import auth, eventually, gateway_factory
 
 FAIRNESS = {"group_pointer": "/applicant/group", "outcome_pointer": "/decision", "favourable": "approve"}
 APPROVAL_RATE = 0.7  # the demo model's default
@@ -157,9 +157,11 @@ async def test_feedback_is_only_for_the_callers_own_recent_requests(make):
 async def test_reviewer_verdicts_count_as_ground_truth(make):
     async with make(policy={**_policy(baseline_accuracy=0.9), "defaults": {"sample_rate": {0: 1.0}}}) as gw:
         await _send(gw, [f"v-{i}" for i in range(100)])
-        await asyncio.sleep(0.3)  # sampled tickets are stored in batches
-        tickets = (await gw.client.get("/review/tickets?kind=sample&limit=500", headers=auth("reviewer"))).json()["tickets"]
-        assert len(tickets) == 100
+        async def all_stored():  # sampled tickets are stored in batches, once a second
+            found = (await gw.client.get("/review/tickets?kind=sample&limit=500", headers=auth("reviewer"))).json()["tickets"]
+            return found if len(found) == 100 else None
+
+        tickets = await eventually(all_stored)
         for n, ticket in enumerate(tickets):
             verdict = "agree" if n < 80 else "disagree"
             await gw.client.post(f"/review/tickets/{ticket['id']}/decision", json={"verdict": verdict}, headers=auth("reviewer"))
