@@ -76,7 +76,3 @@ class GatewayApp:
                 finally:
                     await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def create_app(config_path: str) -> GatewayApp:
-    return GatewayApp(Gateway.from_files(config_path))

@@ -49,14 +49,6 @@ class UpstreamUnreachable(GatewayError):
     status, type = 502, "upstream_unreachable"
 
 
-class ServiceUnavailable(GatewayError):
-    status, type = 503, "unavailable"
-
-
-class StoreDown(GatewayError):
-    status, type = 503, "store_unavailable"
-
-
 class UpstreamTimeout(GatewayError):
     status, type = 504, "upstream_timeout"
 

@@ -37,11 +37,3 @@ def routes() -> list[BaseRoute]:
         Route("/console/incidents/{id}/resolve", dashboard.resolve, methods=["POST"]),
         Mount("/console/static", StaticFiles(packages=[("gateway.console", "static")]), name="console-static"),
     ]
-
-
-# The operator endpoints, for tests and docs: a reviewer's session gets 403 from each.
-OPERATOR_ACTIONS = (
-    "/console/levels", "/console/kill", "/console/changes/{id}/approve", "/console/models/{model}/activate",
-    "/console/models/{model}/rollback", "/console/incidents/{id}/ack", "/console/incidents/{id}/notes",
-    "/console/incidents/{id}/resolve",
-)

@@ -138,17 +138,6 @@ class SegmentReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def read_at(self, offset: int) -> bytes:
-        """The payload of the frame at `offset` (raises if it is not a whole, intact frame)."""
-        data = self._map
-        if offset + FRAME.size > len(data):
-            raise SegmentError(f"{self.path.name}: no frame at offset {offset}")
-        length, crc = FRAME.unpack_from(data, offset)
-        payload = bytes(data[offset + FRAME.size:offset + FRAME.size + length])
-        if len(payload) != length or zlib.crc32(payload) != crc:
-            raise SegmentError(f"{self.path.name}: frame at offset {offset} is damaged")
-        return payload
-
     def scan(self, start: int | None = None) -> tuple[Scan, Iterator[Record]]:
         """Iterate frames from `start` (default: the first record); `Scan` says how it ended."""
         info = Scan(self.header, self.data_offset, len(self._map))
