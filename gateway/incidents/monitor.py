@@ -14,10 +14,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from gateway.background import every
 from gateway.incidents import signals
 from gateway.incidents.counters import MINUTE, TrafficCounters
 from gateway.oversight.confidence import resolve_pointer
-from gateway.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from gateway.context import Gateway
@@ -107,14 +107,19 @@ class Monitor:
 
     # running -------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._flush_forever(), name="gateway-monitor-flush"),
-                       asyncio.create_task(self._evaluate_forever(), name="gateway-monitor-evaluate")]
+        self._tasks = [
+            asyncio.create_task(every(1.0, self.flush, "flushing traffic counts", log), name="gateway-monitor-flush"),
+            asyncio.create_task(every(self.triggers.evaluate_every, self.evaluate, "evaluating triggers", log),
+                                name="gateway-monitor-evaluate"),
+        ]
         log_ = getattr(self.gw.recorder, "log", None)
         if log_ is not None:
             from gateway.evidence.watch import TailCheck
 
             self._tail_check = TailCheck(log_)
-            self._tasks.append(asyncio.create_task(self._check_evidence_forever(), name="gateway-evidence-check"))
+            self._tasks.append(asyncio.create_task(
+                every(self.triggers.evidence.check_every, self.check_evidence, "checking the evidence log", log),
+                name="gateway-evidence-check"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -133,29 +138,6 @@ class Monitor:
             stubs, self._stubs = self._stubs, {}
             windows = [self.gw.model_policy(s["model"]).feedback_window or 0 for s in stubs.values()]
             await self.gw.store.remember(DECISIONS, stubs, ttl=max(windows))
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await self.flush()
-            except StoreUnavailable as exc:
-                log.warning("could not flush traffic counts: %s", exc)
-
-    async def _evaluate_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.triggers.evaluate_every)
-            try:
-                await self.evaluate()
-            except StoreUnavailable as exc:
-                log.warning("could not evaluate triggers: %s", exc)
-            except Exception:
-                log.exception("evaluating triggers failed")
-
-    async def _check_evidence_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.triggers.evidence.check_every)
-            await self.check_evidence()
 
     async def check_evidence(self) -> dict[str, Any] | None:
         problem = await asyncio.to_thread(self._tail_check.run) if self._tail_check else None

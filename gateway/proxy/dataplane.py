@@ -107,6 +107,12 @@ class DataPlane:
             if not ex.disconnected:
                 raise
             task.uncancel()  # type: ignore[union-attr]
+        except Exception:  # a defect: the client still gets the JSON error shape, the log gets the traceback
+            ex.error_type = "internal"
+            log.exception("unexpected failure on the data plane", extra={"request_id": ex.request_id.decode()})
+            if not ex.sent_start:
+                await answers.send_error(send, ex, 500, "internal",
+                                         "the gateway failed on this request; its log has the details under this request id")
         finally:
             ex.finished = True
             if watcher is not None and not watcher.done():

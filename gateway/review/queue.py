@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from gateway.background import every
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
 from gateway.policy import Review
 from gateway.recording import NullRecorder, Recorder
@@ -46,7 +47,9 @@ class ReviewQueue:
     async def start(self) -> None:
         self._unsubscribe.append(self.store.subscribe(DECISIONS_TOPIC, self._on_decided))
         self._unsubscribe.append(self.store.subscribe(CREATED_TOPIC, self._on_event))
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="gateway-review-expiry")
+        interval = max(0.2, min(5.0, self.review.timeout / 4))
+        self._sweeper = asyncio.create_task(every(interval, self.expire_due, "review expiry sweep", log),
+                                            name="gateway-review-expiry")
 
     async def stop(self) -> None:
         for unsubscribe in self._unsubscribe:
@@ -236,17 +239,6 @@ class ReviewQueue:
                                  ticket=ticket["id"], request_id=ticket["request_id"], model=ticket["model"], decision={"action": action})
             await self._announce(DECISIONS_TOPIC, {"event": "expired", "ticket": ticket["id"]})
         return closed
-
-    async def _sweep_forever(self) -> None:
-        interval = max(0.2, min(5.0, self.review.timeout / 4))
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.expire_due()
-            except StoreUnavailable as exc:
-                log.warning("review expiry sweep skipped: %s", exc)
-            except Exception:
-                log.exception("review expiry sweep failed")
 
     # helpers -----------------------------------------------------------------------
     def _require_pending(self, ticket: dict[str, Any]) -> None:

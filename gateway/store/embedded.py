@@ -115,36 +115,25 @@ class EmbeddedStore(Store):
         expect_rev: int | None = None,
         audit: dict[str, Any] | None = None,
     ) -> Change:
-        def write() -> Change:
-            db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT doc, rev FROM state WHERE key=?", (key,)).fetchone()
-                if expect_rev is not None and (row[1] if row else 0) != expect_rev:
-                    db.execute("ROLLBACK")
-                    raise StaleWrite(json.loads(row[0]) if row else None)
-                epoch = db.execute("UPDATE meta SET value=value+1 WHERE name='epoch' RETURNING value").fetchone()[0]
-                stored = {**doc, "rev": epoch}
+        def write(db: sqlite3.Connection) -> Change:
+            row = db.execute("SELECT doc, rev FROM state WHERE key=?", (key,)).fetchone()
+            if expect_rev is not None and (row[1] if row else 0) != expect_rev:
+                raise StaleWrite(json.loads(row[0]) if row else None)
+            epoch = db.execute("UPDATE meta SET value=value+1 WHERE name='epoch' RETURNING value").fetchone()[0]
+            stored = {**doc, "rev": epoch}
+            db.execute(
+                "INSERT INTO state (key, doc, rev) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET doc=excluded.doc, rev=excluded.rev",
+                (key, dumps(stored), epoch),
+            )
+            if audit is not None:
                 db.execute(
-                    "INSERT INTO state (key, doc, rev) VALUES (?, ?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET doc=excluded.doc, rev=excluded.rev",
-                    (key, dumps(stored), epoch),
+                    "INSERT INTO audit (epoch, key, entry) VALUES (?, ?, ?)",
+                    (epoch, key, dumps({**audit, "epoch": epoch, "key": key})),
                 )
-                if audit is not None:
-                    db.execute(
-                        "INSERT INTO audit (epoch, key, entry) VALUES (?, ?, ?)",
-                        (epoch, key, dumps({**audit, "epoch": epoch, "key": key})),
-                    )
-                db.execute("COMMIT")
-            except StaleWrite:
-                raise
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
             return Change(epoch, key, stored)
 
-        change = await self._run(write)
+        change = await self._run(self._in_transaction, write)
         self._applied = max(self._applied, change.epoch)
         if self._on_change is not None:
             self._on_change(change)
@@ -182,19 +171,11 @@ class EmbeddedStore(Store):
         await self._run(write)
 
     async def insert_many(self, coll: str, docs: list[dict[str, Any]]) -> None:
-        def write() -> None:
-            db = self._conn()
-            db.execute("BEGIN IMMEDIATE")  # one transaction, one fsync, for the whole batch
-            try:
-                db.executemany("INSERT OR IGNORE INTO records (coll, id, doc) VALUES (?, ?, ?)",
-                               [(coll, doc["id"], dumps(doc)) for doc in docs])
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        def write(db: sqlite3.Connection) -> None:  # one transaction, one fsync, for the whole batch
+            db.executemany("INSERT OR IGNORE INTO records (coll, id, doc) VALUES (?, ?, ?)",
+                           [(coll, doc["id"], dumps(doc)) for doc in docs])
 
-        await self._run(write)
+        await self._run(self._in_transaction, write)
 
     async def get(self, coll: str, id: str) -> dict[str, Any] | None:
         return await self._run(self._get, coll, id)
@@ -204,21 +185,13 @@ class EmbeddedStore(Store):
         return json.loads(row[0]) if row else None
 
     async def update(self, coll: str, id: str, doc: dict[str, Any], *, expect: dict[str, Any]) -> None:
-        def write() -> None:
-            db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                current = self._get(coll, id)
-                if current is None or any(current.get(k) != v for k, v in expect.items()):
-                    raise StaleWrite(current)
-                db.execute("UPDATE records SET doc=? WHERE coll=? AND id=?", (dumps(doc), coll, id))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        def write(db: sqlite3.Connection) -> None:
+            current = self._get(coll, id)
+            if current is None or any(current.get(k) != v for k, v in expect.items()):
+                raise StaleWrite(current)
+            db.execute("UPDATE records SET doc=? WHERE coll=? AND id=?", (dumps(doc), coll, id))
 
-        await self._run(write)
+        await self._run(self._in_transaction, write)
 
     async def query(
         self, coll: str, *, where: dict[str, Any] | None = None, limit: int = 100, newest_first: bool = True
@@ -290,12 +263,14 @@ class EmbeddedStore(Store):
 
         return await self._run(read)
 
-    def _in_transaction(self, work) -> None:
+    def _in_transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `work` in one write transaction: all of it commits, or none of it."""
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            work(db)
+            result = work(db)
             db.execute("COMMIT")
+            return result
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")

@@ -39,6 +39,7 @@ async def gw(tmp_path, demo, echo, other_model):
             "down": {"d1": f"http://127.0.0.1:{free_port()}"},
         },
         extra={"limits": {"max_body_bytes": 1000}, "timeouts": {"read": "300ms", "connect": "1s"}},
+        policy={"defaults": {"sample_rate": {0: 0.0}}},  # sampling is not what these tests look at
     )
     async with serve_in_process(config) as running:
         yield running
@@ -271,3 +272,13 @@ async def test_metrics_count_requests_by_model_version_and_status(gw):
 
 async def _value(value):
     return value
+
+
+async def test_a_defect_still_answers_with_the_json_error_shape(gw, monkeypatch):
+    def broken(model, level, request_id):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gw.gateway, "plan", broken)
+    r = await gw.client.post("/models/demo/predict", json={"applicant": {"id": "x"}}, headers=auth("client"))
+    error = _error(r, 500, "internal")
+    assert "a bug" not in error["message"] and "Traceback" not in r.text
