@@ -1,8 +1,9 @@
-"""The ASGI application: model traffic to the pure-ASGI data plane, the rest to Starlette.
+"""The ASGI application: model traffic to the pure-ASGI data plane, the rest to the control app.
 
 Model traffic (`/models/...` and the OpenAI-style `/v1/...` routes) never enters a
 framework or middleware stack; the control plane (admin, review, evidence, health,
 console) is an ordinary Starlette app, where a little per-request cost buys clarity.
+The lifespan starts and stops the wired gateway (`gateway.wiring`).
 """
 
 from __future__ import annotations
@@ -10,15 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-
-from gateway import console
-from gateway.api import common, decisions, evidence, incidents, models, ops, oversight, review, versions
-from gateway.context import Gateway
-from gateway.errors import GatewayError
-from gateway.proxy.dataplane import DataPlane
-from gateway.store import StoreUnavailable
+from gateway.wiring import Gateway
 
 log = logging.getLogger("gateway")
 
@@ -26,26 +19,11 @@ log = logging.getLogger("gateway")
 _CONTROL_V1 = ("/v1/models", "/v1/decisions", "/v1/feedback")
 
 
-def _control_app(gateway: Gateway) -> Starlette:
-    routes = [*ops.routes(), *decisions.routes(), *oversight.routes(), *review.routes(), *models.routes(), *versions.routes(), *evidence.routes(), *incidents.routes(), *console.routes()]
-    app = Starlette(
-        routes=routes,
-        exception_handlers={
-            GatewayError: common.on_gateway_error,
-            StoreUnavailable: common.on_store_down,
-            HTTPException: common.on_http_error,
-            Exception: common.on_unexpected,
-        },
-    )
-    app.state.gateway = gateway
-    return app
-
-
 class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.dataplane = DataPlane(gateway)
-        self.control = _control_app(gateway)
+        self.dataplane = gateway.dataplane
+        self.control = gateway.control
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         kind = scope["type"]

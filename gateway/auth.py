@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 
 from gateway.config import TokenConfig
-from gateway.errors import Unauthorized
+from gateway.errors import Forbidden, Unauthorized
 
 TOKEN_PREFIX = "gw_"
 
@@ -25,6 +25,12 @@ class Caller:
 
     def has(self, *roles: str) -> bool:
         return not self.roles.isdisjoint(roles)
+
+    def require(self, *roles: str) -> "Caller":
+        """This caller, if it has one of `roles`; else `Forbidden` naming what it has and what is needed."""
+        if roles and not self.has(*roles):
+            raise Forbidden(f"token {self.id!r} has role {self.role!r}; this needs {' or '.join(roles)}")
+        return self
 
     @property
     def role(self) -> str:
@@ -52,6 +58,10 @@ class TokenTable:
         if found is None or not hmac.compare_digest(found[0], digest):
             raise Unauthorized("unknown token")
         return found[1]
+
+    def authorize(self, authorization: bytes | str | None, *roles: str) -> Caller:
+        """The caller behind a bearer token, if it has one of `roles` (any role when none are given)."""
+        return self.identify(authorization).require(*roles)
 
 
 def new_token() -> tuple[str, str]:

@@ -26,8 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.evidence import EvidenceLog, canonical, verify_log  # noqa: E402
-from gateway.evidence.crypto import generate_signing_key  # noqa: E402
+from gateway.evidence import EvidenceLog, canonical, generate_signing_key, verify_log  # noqa: E402
 
 TARGET_RPS = 5000
 

@@ -78,7 +78,7 @@ def main() -> int:
             for process, _ in gateways.values():
                 b.stop(process)
             b.stop(upstream)
-        from gateway.evidence.verify import verify_log
+        from gateway.evidence import verify_log
 
         reports = [verify_log(tmp / f"variant-{n}" / "data" / "evidence" / "replica-0") for n in (1, 2)]
     baseline = "level 0, recording off"

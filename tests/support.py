@@ -157,7 +157,7 @@ async def serve_in_process(config_path: Path, client_verify: Any = True) -> Asyn
 
     from gateway.app import GatewayApp
     from gateway.cli.serve import server_config
-    from gateway.context import Gateway
+    from gateway.wiring import Gateway
 
     gw = Gateway.from_files(config_path)
     port = free_port()

@@ -1,8 +1,13 @@
-"""What every control-plane handler shares: auth, JSON in and out, the error shape."""
+"""What every control-plane handler shares: auth, JSON in and out, the error shape.
+
+Errors are mapped once (`gateway.failures`): `on_error` is the control app's one
+exception handler, so an outage or a refusal reads the same here as on the data plane.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -12,10 +17,14 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.auth import Caller
 from gateway.configfile import describe_errors
-from gateway.errors import BadRequest, GatewayError, error_body
+from gateway.errors import BadRequest, error_body
+from gateway.failures import INTERNAL, failure_of
 from gateway.proxy.exchange import request_id_from
+from gateway.proxy.stages import Callers
 
 M = TypeVar("M", bound=BaseModel)
+
+log = logging.getLogger("gateway.api")
 
 
 def request_id(request: Request) -> str:
@@ -25,10 +34,9 @@ def request_id(request: Request) -> str:
     return rid
 
 
-def caller(request: Request, *roles: str) -> Caller:
+def caller(request: Request, callers: Callers, *roles: str) -> Caller:
     """Authenticate the request's bearer token and check its role."""
-    gw = request.app.state.gateway
-    found = gw.authorize(request.headers.get("authorization"), *roles)
+    found = callers.authorize(request.headers.get("authorization"), *roles)
     request.scope["gateway.caller"] = found.id
     return found
 
@@ -60,26 +68,16 @@ def error_response(request: Request, status: int, type: str, message: str, detai
     return Response(error_body(type, message, rid, detail), status_code=status, media_type="application/json", headers=headers)
 
 
-async def on_gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    return error_response(request, exc.status, exc.type, exc.message, exc.detail)
-
-
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
-async def on_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    message = exc.detail if exc.status_code != 404 else f"no such endpoint: {request.method} {request.url.path}"
-    return error_response(request, exc.status_code, _HTTP_TYPES.get(exc.status_code, "error"), str(message))
-
-
-async def on_store_down(request: Request, exc: Exception) -> Response:
-    return error_response(request, 503, "store_unavailable", f"the state store cannot be reached: {exc}; nothing was changed, retry later")
-
-
-async def on_unexpected(request: Request, exc: Exception) -> Response:
-    import logging
-
-    logging.getLogger("gateway.api").exception("unexpected error", extra={"request_id": request_id(request)})
-    return error_response(request, 500, "internal", "the gateway failed to handle this request; see its log for the request id")
+async def on_error(request: Request, exc: Exception) -> Response:
+    """The control app's one exception handler."""
+    if isinstance(exc, HTTPException):  # Starlette's own: no route, wrong method
+        message = exc.detail if exc.status_code != 404 else f"no such endpoint: {request.method} {request.url.path}"
+        return error_response(request, exc.status_code, _HTTP_TYPES.get(exc.status_code, "error"), str(message))
+    failure = failure_of(exc)
+    if failure is None:
+        log.exception("unexpected error", extra={"request_id": request_id(request)})
+        failure = INTERNAL
+    return error_response(request, failure.status, failure.type, failure.message, failure.detail)

@@ -11,6 +11,9 @@ from starlette.routing import Route
 
 from gateway.api.common import body_as, caller, ok
 from gateway.errors import BadRequest
+from gateway.incidents.manager import IncidentManager
+from gateway.incidents.monitor import Monitor
+from gateway.proxy.stages import Callers
 
 _STATUSES = ("open", "acknowledged", "resolved")
 
@@ -42,60 +45,58 @@ class Feedback(BaseModel):
         return self
 
 
-async def list_incidents(request: Request) -> Response:
-    caller(request, "operator", "auditor")
-    status = request.query_params.get("status")
-    if status is not None and status not in _STATUSES:
-        raise BadRequest(f"status must be one of {', '.join(_STATUSES)}")
-    return ok({"incidents": await request.app.state.gateway.incidents.list(status)})
+class IncidentsApi:
+    def __init__(self, callers: Callers, incidents: IncidentManager, monitor: Monitor) -> None:
+        self.callers = callers
+        self.incidents = incidents
+        self.monitor = monitor
 
+    def routes(self) -> list[Route]:
+        return [
+            Route("/admin/incidents", self.list_incidents, methods=["GET"]),
+            Route("/admin/incidents", self.open_incident, methods=["POST"]),
+            Route("/admin/incidents/{id}", self.show, methods=["GET"]),
+            Route("/admin/incidents/{id}/ack", self.acknowledge, methods=["POST"]),
+            Route("/admin/incidents/{id}/notes", self.add_note, methods=["POST"]),
+            Route("/admin/incidents/{id}/resolve", self.resolve, methods=["POST"]),
+            Route("/v1/feedback", self.feedback, methods=["POST"]),
+        ]
 
-async def show(request: Request) -> Response:
-    caller(request, "operator", "auditor")
-    return ok(await request.app.state.gateway.incidents.get(request.path_params["id"]))
+    async def list_incidents(self, request: Request) -> Response:
+        caller(request, self.callers, "operator", "auditor")
+        status = request.query_params.get("status")
+        if status is not None and status not in _STATUSES:
+            raise BadRequest(f"status must be one of {', '.join(_STATUSES)}")
+        return ok({"incidents": [i.to_doc() for i in await self.incidents.list(status)]})
 
+    async def show(self, request: Request) -> Response:
+        caller(request, self.callers, "operator", "auditor")
+        return ok((await self.incidents.get(request.path_params["id"])).to_doc())
 
-async def open_incident(request: Request) -> Response:
-    who = caller(request, "operator")
-    body = await body_as(request, NewIncident)
-    incident = await request.app.state.gateway.incidents.open_by_hand(
-        category=body.category, severity=body.severity, model=body.model, summary=body.summary, actor=who.id,
-        raise_to=body.raise_to)
-    return ok(incident, status=201)
+    async def open_incident(self, request: Request) -> Response:
+        who = caller(request, self.callers, "operator")
+        body = await body_as(request, NewIncident)
+        incident = await self.incidents.open_by_hand(category=body.category, severity=body.severity, model=body.model,
+                                                     summary=body.summary, actor=who.id, raise_to=body.raise_to)
+        return ok(incident.to_doc(), status=201)
 
+    async def acknowledge(self, request: Request) -> Response:
+        who = caller(request, self.callers, "operator")
+        note = (await body_as(request, Note)).note if (await request.body()).strip() else None
+        return ok((await self.incidents.acknowledge(request.path_params["id"], actor=who.id, note=note)).to_doc())
 
-async def acknowledge(request: Request) -> Response:
-    who = caller(request, "operator")
-    note = (await body_as(request, Note)).note if (await request.body()).strip() else None
-    return ok(await request.app.state.gateway.incidents.acknowledge(request.path_params["id"], actor=who.id, note=note))
+    async def add_note(self, request: Request) -> Response:
+        who = caller(request, self.callers, "operator")
+        body = await body_as(request, Note)
+        return ok((await self.incidents.note(request.path_params["id"], actor=who.id, text=body.note)).to_doc())
 
+    async def resolve(self, request: Request) -> Response:
+        who = caller(request, self.callers, "operator")
+        body = await body_as(request, Note)
+        return ok((await self.incidents.resolve(request.path_params["id"], actor=who.id, note=body.note)).to_doc())
 
-async def add_note(request: Request) -> Response:
-    who = caller(request, "operator")
-    body = await body_as(request, Note)
-    return ok(await request.app.state.gateway.incidents.note(request.path_params["id"], actor=who.id, text=body.note))
-
-
-async def resolve(request: Request) -> Response:
-    who = caller(request, "operator")
-    body = await body_as(request, Note)
-    return ok(await request.app.state.gateway.incidents.resolve(request.path_params["id"], actor=who.id, note=body.note))
-
-
-async def feedback(request: Request) -> Response:
-    who = caller(request, "client")
-    body = await body_as(request, Feedback)
-    result = await request.app.state.gateway.monitor.feedback(body.request_id, who.id, correct=body.correct, label=body.label)
-    return ok(result, status=201)
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/admin/incidents", list_incidents, methods=["GET"]),
-        Route("/admin/incidents", open_incident, methods=["POST"]),
-        Route("/admin/incidents/{id}", show, methods=["GET"]),
-        Route("/admin/incidents/{id}/ack", acknowledge, methods=["POST"]),
-        Route("/admin/incidents/{id}/notes", add_note, methods=["POST"]),
-        Route("/admin/incidents/{id}/resolve", resolve, methods=["POST"]),
-        Route("/v1/feedback", feedback, methods=["POST"]),
-    ]
+    async def feedback(self, request: Request) -> Response:
+        who = caller(request, self.callers, "client")
+        body = await body_as(request, Feedback)
+        result = await self.monitor.feedback(body.request_id, who.id, correct=body.correct, label=body.label)
+        return ok(result, status=201)

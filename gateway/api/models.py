@@ -2,46 +2,54 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.api.common import caller, ok
+from gateway.catalog import Catalog
+from gateway.control.state import ControlState
 from gateway.errors import NotFound
+from gateway.integrity.gate import IntegrityGate
+from gateway.proxy.stages import Callers
 
 
-def describe_models(gw) -> dict:
-    out = {}
-    for name, route in gw.catalog.models.items():
-        active = gw.state.active.get(name)
-        out[name] = {
-            "active": active,
-            "level": gw.state.level_for(name),
-            "versions": {
-                version: {"upstream": vr.upstream, "active": version == active, **gw.integrity.describe(name, version)}
-                for version, vr in route.versions.items()
-            },
-        }
-    return out
+class ModelsApi:
+    def __init__(self, callers: Callers, state: ControlState, catalog: Catalog, integrity: IntegrityGate) -> None:
+        self.callers = callers
+        self.state = state
+        self.catalog = catalog
+        self.integrity = integrity
 
+    def routes(self) -> list[Route]:
+        return [
+            Route("/admin/models", self.list_models, methods=["GET"]),
+            Route("/admin/models/{model}/versions/{version}/verify", self.verify_version, methods=["POST"]),
+        ]
 
-async def list_models(request: Request) -> Response:
-    caller(request, "operator", "auditor")
-    return ok({"models": describe_models(request.app.state.gateway)})
+    def describe(self) -> dict[str, Any]:
+        out = {}
+        for name, route in self.catalog.models.items():
+            active = self.state.active.get(name)
+            out[name] = {
+                "active": active,
+                "level": self.state.level_for(name),
+                "versions": {version: {"upstream": vr.upstream, "active": version == active,
+                                       **self.integrity.describe(name, version)}
+                             for version, vr in route.versions.items()},
+            }
+        return out
 
+    async def list_models(self, request: Request) -> Response:
+        caller(request, self.callers, "operator", "auditor")
+        return ok({"models": self.describe()})
 
-async def verify_version(request: Request) -> Response:
-    who = caller(request, "operator")
-    gw = request.app.state.gateway
-    model, version = request.path_params["model"], request.path_params["version"]
-    if (model, version) not in gw.integrity.versions:
-        raise NotFound(f"unknown model version {model}/{version}")
-    result = await gw.integrity.verify(model, version, actor=who.id, reason="verification on demand")
-    return ok({"model": model, "version": version, **result})
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/admin/models", list_models, methods=["GET"]),
-        Route("/admin/models/{model}/versions/{version}/verify", verify_version, methods=["POST"]),
-    ]
+    async def verify_version(self, request: Request) -> Response:
+        who = caller(request, self.callers, "operator")
+        model, version = request.path_params["model"], request.path_params["version"]
+        if (model, version) not in self.integrity.versions:
+            raise NotFound(f"unknown model version {model}/{version}")
+        result = await self.integrity.verify(model, version, actor=who.id, reason="verification on demand")
+        return ok({"model": model, "version": version, **result})

@@ -3,52 +3,60 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.api.common import caller, ok
-from gateway.metrics import CONTENT_TYPE
+from gateway.catalog import Catalog
+from gateway.control.state import ControlState
+from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.proxy.stages import Callers
 
 
-async def healthz(request: Request) -> Response:
-    return ok({"status": "ok"})
+class OpsApi:
+    def __init__(self, callers: Callers, state: ControlState, catalog: Catalog, metrics: Metrics, *,
+                 metrics_public: bool, started_at: Callable[[], float]) -> None:
+        self.callers = callers
+        self.state = state
+        self.catalog = catalog
+        self.metrics = metrics
+        self.metrics_public = metrics_public
+        self.started_at = started_at
 
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.healthz),
+            Route("/readyz", self.readyz),
+            Route("/metrics", self.render_metrics),
+            Route("/v1/models", self.list_models),
+        ]
 
-async def readyz(request: Request) -> Response:
-    gw = request.app.state.gateway
-    checks = {
-        "store": "stale" if gw.state.is_stale() else "ok",
-        "models": {name: ("ok" if gw.state.active.get(name) in route.versions else "no active version")
-                   for name, route in gw.catalog.models.items()},
-    }
-    ready = checks["store"] == "ok" and all(v == "ok" for v in checks["models"].values())
-    return ok({"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503)
+    async def healthz(self, request: Request) -> Response:
+        return ok({"status": "ok"})
 
+    async def readyz(self, request: Request) -> Response:
+        checks = {
+            "store": "stale" if self.state.is_stale() else "ok",
+            "models": {name: ("ok" if self.state.active.get(name) in route.versions else "no active version")
+                       for name, route in self.catalog.models.items()},
+        }
+        ready = checks["store"] == "ok" and all(v == "ok" for v in checks["models"].values())
+        return ok({"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503)
 
-async def metrics(request: Request) -> Response:
-    gw = request.app.state.gateway
-    if not gw.config.metrics.public:
-        caller(request, "operator", "auditor")
-    for name in gw.catalog.models:
-        gw.metrics.level.labels(name).set(gw.state.level_for(name))
-    return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
+    async def render_metrics(self, request: Request) -> Response:
+        if not self.metrics_public:
+            caller(request, self.callers, "operator", "auditor")
+        for name in self.catalog.models:
+            self.metrics.level.labels(name).set(self.state.level_for(name))
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
-
-async def list_models(request: Request) -> Response:
-    """`GET /v1/models`, as OpenAI clients expect it: the models this gateway serves."""
-    gw = request.app.state.gateway
-    caller(request, "client")
-    created = int(gw.started_at or time.time())
-    data = [{"id": name, "object": "model", "created": created, "owned_by": "oversight-gateway"} for name in sorted(gw.catalog.models)]
-    return ok({"object": "list", "data": data})
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics),
-        Route("/v1/models", list_models),
-    ]
+    async def list_models(self, request: Request) -> Response:
+        """`GET /v1/models`, as OpenAI clients expect it: the models this gateway serves."""
+        caller(request, self.callers, "client")
+        created = int(self.started_at() or time.time())
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "oversight-gateway"}
+                for name in sorted(self.catalog.models)]
+        return ok({"object": "list", "data": data})

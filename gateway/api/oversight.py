@@ -8,6 +8,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.api.common import body_as, caller, ok
+from gateway.oversight.levels import LevelControl
+from gateway.proxy.stages import Callers
 
 
 class LevelIn(BaseModel):
@@ -27,44 +29,43 @@ class ApproveIn(BaseModel):
     reason: str | None = Field(None, max_length=2000)
 
 
-async def describe(request: Request) -> Response:
-    caller(request, "operator", "auditor")
-    return ok(await request.app.state.gateway.levels.describe())
+class OversightApi:
+    def __init__(self, callers: Callers, levels: LevelControl) -> None:
+        self.callers = callers
+        self.levels = levels
 
+    def routes(self) -> list[Route]:
+        return [
+            Route("/admin/oversight", self.describe, methods=["GET"]),
+            Route("/admin/oversight/global", self.set_global, methods=["PUT"]),
+            Route("/admin/oversight/models/{name}", self.set_model, methods=["PUT"]),
+            Route("/admin/oversight/changes/{id}/approve", self.approve, methods=["POST"]),
+            Route("/admin/kill", self.kill, methods=["POST"]),
+        ]
 
-async def set_global(request: Request) -> Response:
-    who = caller(request, "operator")
-    body = await body_as(request, LevelIn)
-    result = await request.app.state.gateway.levels.set_level(body.level, model=None, actor=who.id, reason=body.reason)
-    return ok(result, status=202 if result["status"] == "pending_approval" else 200)
+    async def describe(self, request: Request) -> Response:
+        caller(request, self.callers, "operator", "auditor")
+        return ok(await self.levels.describe())
 
+    async def set_global(self, request: Request) -> Response:
+        return await self._set(request, None)
 
-async def set_model(request: Request) -> Response:
-    who = caller(request, "operator")
-    body = await body_as(request, LevelIn)
-    model = request.path_params["name"]
-    result = await request.app.state.gateway.levels.set_level(body.level, model=model, actor=who.id, reason=body.reason)
-    return ok(result, status=202 if result["status"] == "pending_approval" else 200)
+    async def set_model(self, request: Request) -> Response:
+        return await self._set(request, request.path_params["name"])
 
+    async def _set(self, request: Request, model: str | None) -> Response:
+        who = caller(request, self.callers, "operator")
+        body = await body_as(request, LevelIn)
+        result = await self.levels.set_level(body.level, model=model, actor=who.id, reason=body.reason)
+        return ok(result, status=202 if result["status"] == "pending_approval" else 200)
 
-async def kill(request: Request) -> Response:
-    who = caller(request, "operator")
-    body = await body_as(request, KillIn)
-    return ok(await request.app.state.gateway.levels.kill(model=body.model, actor=who.id, reason=body.reason))
+    async def kill(self, request: Request) -> Response:
+        who = caller(request, self.callers, "operator")
+        body = await body_as(request, KillIn)
+        return ok(await self.levels.kill(model=body.model, actor=who.id, reason=body.reason))
 
-
-async def approve(request: Request) -> Response:
-    who = caller(request, "operator")
-    raw = await request.body()
-    reason = (await body_as(request, ApproveIn)).reason if raw.strip() else None
-    return ok(await request.app.state.gateway.levels.approve(request.path_params["id"], actor=who.id, reason=reason))
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/admin/oversight", describe, methods=["GET"]),
-        Route("/admin/oversight/global", set_global, methods=["PUT"]),
-        Route("/admin/oversight/models/{name}", set_model, methods=["PUT"]),
-        Route("/admin/oversight/changes/{id}/approve", approve, methods=["POST"]),
-        Route("/admin/kill", kill, methods=["POST"]),
-    ]
+    async def approve(self, request: Request) -> Response:
+        who = caller(request, self.callers, "operator")
+        raw = await request.body()
+        reason = (await body_as(request, ApproveIn)).reason if raw.strip() else None
+        return ok(await self.levels.approve(request.path_params["id"], actor=who.id, reason=reason))

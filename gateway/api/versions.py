@@ -10,6 +10,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.api.common import body_as, caller, ok
+from gateway.proxy.stages import Callers
+from gateway.versions.registry import Registry
+from gateway.versions.switch import Switcher
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -33,41 +36,39 @@ class Rollback(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
 
 
-async def list_versions(request: Request) -> Response:
-    caller(request, "operator", "auditor")
-    gw = request.app.state.gateway
-    model = request.path_params["model"]
-    versions = gw.registry.versions(model)
-    return ok({"model": model, "active": gw.state.active.get(model), "versions": versions,
-               "history": await gw.switcher.history(model)})
+class VersionsApi:
+    def __init__(self, callers: Callers, registry: Registry, switcher: Switcher) -> None:
+        self.callers = callers
+        self.registry = registry
+        self.switcher = switcher
 
+    def routes(self) -> list[Route]:
+        return [
+            Route("/admin/models/{model}/versions", self.list_versions, methods=["GET"]),
+            Route("/admin/models/{model}/versions", self.add_version, methods=["POST"]),
+            Route("/admin/models/{model}/activate", self.activate, methods=["POST"]),
+            Route("/admin/models/{model}/rollback", self.rollback, methods=["POST"]),
+        ]
 
-async def add_version(request: Request) -> Response:
-    who = caller(request, "operator")
-    body = await body_as(request, NewVersion)
-    result = await request.app.state.gateway.registry.add(request.path_params["model"], body.version, body.spec,
-                                                           actor=who.id, reason=body.reason)
-    return ok(result, status=201)
+    async def list_versions(self, request: Request) -> Response:
+        caller(request, self.callers, "operator", "auditor")
+        model = request.path_params["model"]
+        versions = self.registry.versions(model)
+        return ok({"model": model, "active": self.registry.active(model), "versions": versions,
+                   "history": await self.switcher.history(model)})
 
+    async def add_version(self, request: Request) -> Response:
+        who = caller(request, self.callers, "operator")
+        body = await body_as(request, NewVersion)
+        result = await self.registry.add(request.path_params["model"], body.version, body.spec, actor=who.id, reason=body.reason)
+        return ok(result, status=201)
 
-async def activate(request: Request) -> Response:
-    who = caller(request, "operator")
-    body = await body_as(request, Activate)
-    return ok(await request.app.state.gateway.switcher.activate(request.path_params["model"], body.version,
-                                                                actor=who.id, reason=body.reason))
+    async def activate(self, request: Request) -> Response:
+        who = caller(request, self.callers, "operator")
+        body = await body_as(request, Activate)
+        return ok(await self.switcher.activate(request.path_params["model"], body.version, actor=who.id, reason=body.reason))
 
-
-async def rollback(request: Request) -> Response:
-    who = caller(request, "operator")
-    body = await body_as(request, Rollback)
-    return ok(await request.app.state.gateway.switcher.rollback(request.path_params["model"], to=body.to,
-                                                                actor=who.id, reason=body.reason))
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/admin/models/{model}/versions", list_versions, methods=["GET"]),
-        Route("/admin/models/{model}/versions", add_version, methods=["POST"]),
-        Route("/admin/models/{model}/activate", activate, methods=["POST"]),
-        Route("/admin/models/{model}/rollback", rollback, methods=["POST"]),
-    ]
+    async def rollback(self, request: Request) -> Response:
+        who = caller(request, self.callers, "operator")
+        body = await body_as(request, Rollback)
+        return ok(await self.switcher.rollback(request.path_params["model"], to=body.to, actor=who.id, reason=body.reason))

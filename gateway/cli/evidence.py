@@ -102,7 +102,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from gateway.evidence.crypto import generate_signing_key, write_keypair
+    from gateway.evidence import generate_signing_key, write_keypair
 
     private, public = Path(args.out + ".key"), Path(args.out + ".pub")
     for path in (private, public):
@@ -119,7 +119,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _trusted_keys(paths: list[str] | None) -> list:
     """Every public key in the given PEM files (a file may hold several); unreadable is exit 2."""
-    from gateway.evidence.crypto import load_public_keys
+    from gateway.evidence import load_public_keys
 
     keys = []
     for path in paths or []:
@@ -140,7 +140,7 @@ def _report(report, verbose: bool, details) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gateway.evidence.verify import VerifyError, verify_log
+    from gateway.evidence import VerifyError, verify_log
 
     keys = _trusted_keys(args.key)
     try:
@@ -153,7 +153,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _verify_bundle(args: argparse.Namespace) -> int:
-    from gateway.evidence.bundle import BundleError, verify_bundle
+    from gateway.evidence import BundleError, verify_bundle
 
     keys = _trusted_keys(args.key)
     try:

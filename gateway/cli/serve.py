@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import GatewayApp
-    from gateway.context import Gateway
+    from gateway.wiring import Gateway
     from gateway.logs import setup_logging
 
     try:

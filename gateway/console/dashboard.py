@@ -1,8 +1,8 @@
 """The operator dashboard: levels, the kill switch, versions, approvals, incidents, the audit trail.
 
-Every action calls the same domain function as the JSON API (`gw.levels`, `gw.switcher`,
-`gw.incidents`) with the session's caller as the actor, after the server checked the
-session's role and CSRF token.
+Every action calls the same domain function as the JSON API (level control, the
+switcher, the incident manager) with the session's caller as the actor, after the server
+checked the session's role and CSRF token.
 """
 
 from __future__ import annotations
@@ -11,20 +11,21 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
-from gateway.console.session import Session
-from gateway.console.web import (
-    LEVEL_NAMES,
-    Outcome,
-    action,
-    field,
-    gateway_of,
-    page,
-    render,
-)
+from gateway.console.session import Session, Sessions
+from gateway.console.web import LEVEL_NAMES, Outcome, action, field, page, render
+from gateway.control.state import ControlState
 from gateway.errors import BadRequest
 from gateway.incidents import signals
+from gateway.incidents.counters import TrafficCounters
+from gateway.incidents.manager import IncidentManager
+from gateway.oversight.levels import LevelControl
+from gateway.review.queue import ReviewQueue
 from gateway.review.tickets import PENDING
+from gateway.store import AuditTrail
+from gateway.versions.registry import Registry
+from gateway.versions.switch import Switcher
 
 CHART_MINUTES = 60
 CHART_W, CHART_H = 300, 64
@@ -32,11 +33,11 @@ HISTORY_SHOWN = 6
 
 
 # traffic over the last hour -----------------------------------------------------------------
-async def minute_traffic(gw, model: str) -> list[dict[str, float]]:
+async def minute_traffic(counters: TrafficCounters, model: str, versions) -> list[dict[str, float]]:
     """The model's last 60 minute buckets, oldest first, summed over its versions and every replica."""
     out: list[dict[str, float]] = [{} for _ in range(CHART_MINUTES)]
-    for version in gw.catalog.models[model].versions:
-        newest_first = await gw.monitor.counters.recent_minutes(model, version, CHART_MINUTES)
+    for version in versions:
+        newest_first = await counters.recent_minutes(model, version, CHART_MINUTES)
         for i, bucket in enumerate(reversed(newest_first)):
             for name, value in bucket.items():
                 out[i][name] = out[i].get(name, 0.0) + value
@@ -87,42 +88,7 @@ def chart(minutes: list[dict[str, float]]) -> dict[str, Any]:
     }
 
 
-# the page --------------------------------------------------------------------------------------
-async def overview(gw) -> dict[str, Any]:
-    pending = await gw.review.list(status=PENDING, limit=1000)
-    models = []
-    for name in sorted(gw.catalog.models):
-        own, doc = gw.levels.current(name)
-        active = gw.state.active.get(name)
-        versions = gw.registry.versions(name)
-        waiting = [t for t in pending if t["model"] == name]
-        if len(pending) >= 1000:  # the shared read was cut short: count this model on its own
-            waiting = await gw.review.list(status=PENDING, model=name, limit=1000)
-        earlier = [v for v in await gw.switcher.previously_active(name) if v != active and v in versions]
-        models.append({
-            "name": name, "effective": gw.state.level_for(name), "own": own, "set_by": (doc or {}).get("actor"),
-            "set_reason": (doc or {}).get("reason"), "active": active, "versions": versions,
-            "verification": versions.get(active, {}) if active else {},
-            "queue": len(waiting), "samples": sum(1 for t in waiting if t["kind"] == "sample"),
-            "history": (await gw.switcher.history(name))[:HISTORY_SHOWN], "earlier": earlier,
-            "chart": chart(await minute_traffic(gw, name)),
-        })
-    glevel, gdoc = gw.levels.current(None)
-    incidents = await gw.incidents.list("open") + await gw.incidents.list("acknowledged")
-    incidents.sort(key=lambda i: i.get("opened_at", 0), reverse=True)
-    return {
-        "global_level": glevel, "global_doc": gdoc or {}, "models": models, "approvals": await gw.levels.pending(),
-        "incidents": incidents, "audit": await gw.store.audit_log(limit=50), "stale": gw.state.is_stale(),
-    }
-
-
-@page("operator")
-async def dashboard_page(request: Request, session: Session) -> Response:
-    data = await overview(gateway_of(request))
-    return render(request, "dashboard.html", {"title": "Operator dashboard", **data}, session=session)
-
-
-# actions ------------------------------------------------------------------------------------
+# the page and its actions ---------------------------------------------------------------------
 def _scope(form) -> str | None:
     scope = field(form, "scope", required=True, max_length=200, what="the scope")
     return None if scope == "global" else scope
@@ -139,77 +105,132 @@ def _applied(result: dict[str, Any]) -> str:
     return text
 
 
-@action("operator")
-async def set_level(request: Request, session: Session, form) -> Outcome:
-    model = _scope(form)
-    raw = field(form, "level", required=True, what="the level")
-    if raw not in ("0", "1", "2", "3", "4"):
-        raise BadRequest(f"the level must be 0 to 4 (got {raw!r})")
-    reason = field(form, "reason", required=True, what="a reason")
-    result = await gateway_of(request).levels.set_level(int(raw), model=model, actor=session.caller, reason=reason)
-    if result["status"] == "pending_approval":
-        change = result["change"]
-        return Outcome(f"Lowering {_name(model)} from {change['from']} to {change['to']} needs a second operator: "
-                       f"change {change['id']} waits for approval (the level stays {result['level']}).", result, status=202,
+class Dashboard:
+    def __init__(self, sessions: Sessions, state: ControlState, levels: LevelControl, registry: Registry,
+                 switcher: Switcher, incidents: IncidentManager, queue: ReviewQueue, counters: TrafficCounters,
+                 audit: AuditTrail) -> None:
+        self.sessions = sessions
+        self.state = state
+        self.levels = levels
+        self.registry = registry
+        self.switcher = switcher
+        self.incidents = incidents
+        self.queue = queue
+        self.counters = counters
+        self.audit = audit
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/console", self.dashboard_page, methods=["GET"]),
+            Route("/console/levels", self.set_level, methods=["POST"]),
+            Route("/console/kill", self.kill, methods=["POST"]),
+            Route("/console/changes/{id}/approve", self.approve_change, methods=["POST"]),
+            Route("/console/models/{model}/activate", self.activate, methods=["POST"]),
+            Route("/console/models/{model}/rollback", self.rollback, methods=["POST"]),
+            Route("/console/incidents/{id}/ack", self.acknowledge, methods=["POST"]),
+            Route("/console/incidents/{id}/notes", self.add_note, methods=["POST"]),
+            Route("/console/incidents/{id}/resolve", self.resolve, methods=["POST"]),
+        ]
+
+    async def overview(self) -> dict[str, Any]:
+        pending = await self.queue.list(status=PENDING, limit=1000)
+        models = []
+        for name in sorted(self.registry.models()):
+            own, doc = self.levels.current(name)
+            active = self.state.active.get(name)
+            versions = self.registry.versions(name)
+            waiting = [t for t in pending if t.model == name]
+            if len(pending) >= 1000:  # the shared read was cut short: count this model on its own
+                waiting = await self.queue.list(status=PENDING, model=name, limit=1000)
+            earlier = [v for v in await self.switcher.previously_active(name) if v != active and v in versions]
+            models.append({
+                "name": name, "effective": self.state.level_for(name), "own": own, "set_by": (doc or {}).get("actor"),
+                "set_reason": (doc or {}).get("reason"), "active": active, "versions": versions,
+                "verification": versions.get(active, {}) if active else {},
+                "queue": len(waiting), "samples": sum(1 for t in waiting if t.kind == "sample"),
+                "history": (await self.switcher.history(name))[:HISTORY_SHOWN], "earlier": earlier,
+                "chart": chart(await minute_traffic(self.counters, name, versions)),
+            })
+        glevel, gdoc = self.levels.current(None)
+        incidents = await self.incidents.list("open") + await self.incidents.list("acknowledged")
+        incidents.sort(key=lambda i: i.opened_at, reverse=True)
+        return {
+            "global_level": glevel, "global_doc": gdoc or {}, "models": models, "approvals": await self.levels.pending(),
+            "incidents": [i.to_doc() for i in incidents], "audit": await self.audit.audit_log(limit=50),
+            "stale": self.state.is_stale(),
+        }
+
+    @page("operator")
+    async def dashboard_page(self, request: Request, session: Session) -> Response:
+        data = await self.overview()
+        return render(request, "dashboard.html", {"title": "Operator dashboard", **data}, session=session)
+
+    @action("operator")
+    async def set_level(self, request: Request, session: Session, form) -> Outcome:
+        model = _scope(form)
+        raw = field(form, "level", required=True, what="the level")
+        if raw not in ("0", "1", "2", "3", "4"):
+            raise BadRequest(f"the level must be 0 to 4 (got {raw!r})")
+        reason = field(form, "reason", required=True, what="a reason")
+        result = await self.levels.set_level(int(raw), model=model, actor=session.caller, reason=reason)
+        if result["status"] == "pending_approval":
+            change = result["change"]
+            return Outcome(f"Lowering {_name(model)} from {change['from']} to {change['to']} needs a second operator: "
+                           f"change {change['id']} waits for approval (the level stays {result['level']}).", result,
+                           status=202, back="/console")
+        return Outcome(f"{_name(model)} level {result['previous']} → {result['level']} "
+                       f"({LEVEL_NAMES[result['level']]}), {_applied(result)}.", result, back="/console")
+
+    @action("operator")
+    async def kill(self, request: Request, session: Session, form) -> Outcome:
+        model = _scope(form)
+        reason = field(form, "reason", required=True, what="a reason")
+        if form.get("confirm") != "yes":
+            raise BadRequest("confirm the kill switch: tick the box that says every request becomes a human task")
+        result = await self.levels.kill(model=model, actor=session.caller, reason=reason)
+        return Outcome(f"Kill switch pulled: {_name(model)} is at level 4 (System pause); the model is not called, "
+                       f"every request becomes a human task. {_applied(result).capitalize()}.", result, back="/console")
+
+    @action("operator")
+    async def approve_change(self, request: Request, session: Session, form) -> Outcome:
+        reason = field(form, "reason", what="the reason") or None
+        result = await self.levels.approve(request.path_params["id"], actor=session.caller, reason=reason)
+        return Outcome(f"Approved {request.path_params['id']}: {_name(result['model'])} level {result['previous']} → "
+                       f"{result['level']}, {_applied(result)}.", result, back="/console")
+
+    @action("operator")
+    async def activate(self, request: Request, session: Session, form) -> Outcome:
+        model = request.path_params["model"]
+        version = field(form, "version", required=True, max_length=200, what="the version")
+        reason = field(form, "reason", required=True, what="a reason")
+        result = await self.switcher.activate(model, version, actor=session.caller, reason=reason)
+        return Outcome(f"{model}: {result['from']} → {result['to']} is active after "
+                       f"{', '.join(c['check'] for c in result['checks'])} passed; {_applied(result)}.", result,
                        back="/console")
-    return Outcome(f"{_name(model)} level {result['previous']} → {result['level']} "
-                   f"({LEVEL_NAMES[result['level']]}), {_applied(result)}.", result, back="/console")
 
+    @action("operator")
+    async def rollback(self, request: Request, session: Session, form) -> Outcome:
+        model = request.path_params["model"]
+        to = field(form, "to", max_length=200) or None
+        reason = field(form, "reason", required=True, what="a reason")
+        result = await self.switcher.rollback(model, to=to, actor=session.caller, reason=reason)
+        return Outcome(f"{model} rolled back: {result['from']} → {result['to']}; {_applied(result)}.", result,
+                       back="/console")
 
-@action("operator")
-async def kill(request: Request, session: Session, form) -> Outcome:
-    model = _scope(form)
-    reason = field(form, "reason", required=True, what="a reason")
-    if form.get("confirm") != "yes":
-        raise BadRequest("confirm the kill switch: tick the box that says every request becomes a human task")
-    result = await gateway_of(request).levels.kill(model=model, actor=session.caller, reason=reason)
-    return Outcome(f"Kill switch pulled: {_name(model)} is at level 4 (System pause); the model is not called, "
-                   f"every request becomes a human task. {_applied(result).capitalize()}.", result, back="/console")
+    @action("operator")
+    async def acknowledge(self, request: Request, session: Session, form) -> Outcome:
+        note = field(form, "note", max_length=4000, what="the note") or None
+        incident = await self.incidents.acknowledge(request.path_params["id"], actor=session.caller, note=note)
+        return Outcome(f"Acknowledged {incident.id}.", incident.to_doc(), back="/console")
 
+    @action("operator")
+    async def add_note(self, request: Request, session: Session, form) -> Outcome:
+        note = field(form, "note", required=True, max_length=4000, what="the note")
+        incident = await self.incidents.note(request.path_params["id"], actor=session.caller, text=note)
+        return Outcome(f"Note added to {incident.id}.", incident.to_doc(), back="/console")
 
-@action("operator")
-async def approve_change(request: Request, session: Session, form) -> Outcome:
-    reason = field(form, "reason", what="the reason") or None
-    result = await gateway_of(request).levels.approve(request.path_params["id"], actor=session.caller, reason=reason)
-    return Outcome(f"Approved {request.path_params['id']}: {_name(result['model'])} level {result['previous']} → "
-                   f"{result['level']}, {_applied(result)}.", result, back="/console")
-
-
-@action("operator")
-async def activate(request: Request, session: Session, form) -> Outcome:
-    model = request.path_params["model"]
-    version = field(form, "version", required=True, max_length=200, what="the version")
-    reason = field(form, "reason", required=True, what="a reason")
-    result = await gateway_of(request).switcher.activate(model, version, actor=session.caller, reason=reason)
-    return Outcome(f"{model}: {result['from']} → {result['to']} is active after "
-                   f"{', '.join(c['check'] for c in result['checks'])} passed; {_applied(result)}.", result, back="/console")
-
-
-@action("operator")
-async def rollback(request: Request, session: Session, form) -> Outcome:
-    model = request.path_params["model"]
-    to = field(form, "to", max_length=200) or None
-    reason = field(form, "reason", required=True, what="a reason")
-    result = await gateway_of(request).switcher.rollback(model, to=to, actor=session.caller, reason=reason)
-    return Outcome(f"{model} rolled back: {result['from']} → {result['to']}; {_applied(result)}.", result, back="/console")
-
-
-@action("operator")
-async def acknowledge(request: Request, session: Session, form) -> Outcome:
-    note = field(form, "note", max_length=4000, what="the note") or None
-    incident = await gateway_of(request).incidents.acknowledge(request.path_params["id"], actor=session.caller, note=note)
-    return Outcome(f"Acknowledged {incident['id']}.", incident, back="/console")
-
-
-@action("operator")
-async def add_note(request: Request, session: Session, form) -> Outcome:
-    note = field(form, "note", required=True, max_length=4000, what="the note")
-    incident = await gateway_of(request).incidents.note(request.path_params["id"], actor=session.caller, text=note)
-    return Outcome(f"Note added to {incident['id']}.", incident, back="/console")
-
-
-@action("operator")
-async def resolve(request: Request, session: Session, form) -> Outcome:
-    note = field(form, "note", required=True, max_length=4000, what="a resolution note (what was found and done)")
-    incident = await gateway_of(request).incidents.resolve(request.path_params["id"], actor=session.caller, note=note)
-    return Outcome(f"Resolved {incident['id']}.", incident, back="/console")
+    @action("operator")
+    async def resolve(self, request: Request, session: Session, form) -> Outcome:
+        note = field(form, "note", required=True, max_length=4000, what="a resolution note (what was found and done)")
+        incident = await self.incidents.resolve(request.path_params["id"], actor=session.caller, note=note)
+        return Outcome(f"Resolved {incident.id}.", incident.to_doc(), back="/console")

@@ -1,6 +1,6 @@
 """The reviewer console: the pending queue (live over server-sent events), a ticket, its decision.
 
-Decisions go through `gw.review` exactly like `POST /review/tickets/{id}/decision`, with
+Decisions go through the review queue exactly like `POST /review/tickets/{id}/decision`, with
 the session's caller as the reviewer; the queue's own rules (final decisions, claims,
 nobody reviews their own request) answer for themselves.
 """
@@ -15,22 +15,13 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from gateway.configfile import describe_errors
-from gateway.console.session import Session, cookie_value
-from gateway.console.web import (
-    KEEPALIVE_SECONDS,
-    SECURITY_HEADERS,
-    Outcome,
-    action,
-    console_of,
-    env,
-    field,
-    gateway_of,
-    page,
-    render,
-)
+from gateway.console.session import Session, Sessions, cookie_value
+from gateway.console.web import KEEPALIVE_SECONDS, SECURITY_HEADERS, Outcome, QueueHub, action, env, field, page, render
 from gateway.errors import BadRequest, NotFound
+from gateway.review.queue import ReviewQueue
 from gateway.review.tickets import PENDING, DecisionIn, public_view
 
 QUEUE_LIMIT = 200
@@ -40,55 +31,6 @@ KINDS = ("hold", "human", "sample")
 def _kind(request: Request) -> str | None:
     kind = request.query_params.get("kind")
     return kind if kind in KINDS else None
-
-
-async def _pending(request: Request) -> list[dict[str, Any]]:
-    tickets = await gateway_of(request).review.list(status=PENDING, kind=_kind(request), limit=QUEUE_LIMIT)
-    return [public_view(t) for t in tickets]
-
-
-@page("reviewer", "operator")
-async def queue_page(request: Request, session: Session) -> Response:
-    return render(request, "review.html", {"title": "Review queue", "tickets": await _pending(request),
-                                           "kind": _kind(request), "limit": QUEUE_LIMIT}, session=session)
-
-
-@page("reviewer", "operator")
-async def queue_rows(request: Request, session: Session) -> Response:
-    """The queue's rows alone, for the page's script to swap in when an event arrives."""
-    html = env.get_template("_rows.html").render(tickets=await _pending(request), session=session)
-    return HTMLResponse(html, headers=SECURITY_HEADERS)
-
-
-@page("reviewer", "operator")
-async def events(request: Request, session: Session) -> Response:
-    """Every queue event on any replica, as `event: queue` messages; a comment line every 15 s keeps it open."""
-    console = console_of(request)
-    sid = cookie_value(request)
-
-    async def stream():
-        queue = console.hub.open(session.key)
-        try:
-            yield "retry: 2000\n: connected\n\n"
-            while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
-                except TimeoutError:
-                    if await console.sessions.find(sid) is None:  # signed out (on any replica) or expired
-                        yield "event: signed-out\ndata: {}\n\n"
-                        return
-                    yield ": keep-alive\n\n"
-                    continue
-                if item is None:  # this session signed out here
-                    yield "event: signed-out\ndata: {}\n\n"
-                    return
-                yield f"event: queue\ndata: {json.dumps(item, separators=(',', ':'))}\n\n"
-        finally:
-            console.hub.close(queue)
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"cache-control": "no-store", "x-accel-buffering": "no",
-                                      "x-content-type-options": "nosniff"})
 
 
 def _body_text(part: dict[str, Any] | None) -> tuple[str, bool]:
@@ -103,44 +45,6 @@ def _body_text(part: dict[str, Any] | None) -> tuple[str, bool]:
         return json.dumps(json.loads(body), indent=2, ensure_ascii=False), True
     except ValueError:
         return body, False
-
-
-@page("reviewer", "operator")
-async def ticket_page(request: Request, session: Session) -> Response:
-    gw = gateway_of(request)
-    try:
-        ticket = public_view(await gw.review.get(request.path_params["id"]))
-    except NotFound as exc:
-        return render(request, "result.html", {"title": "No such ticket", "ok": False, "message": exc.message,
-                                               "back": "/console/review"}, status=404, session=session)
-    request_body, _ = _body_text(ticket.get("request"))
-    recommendation = ticket.get("recommendation")
-    recommendation_body, is_json = _body_text(recommendation)
-    override = recommendation_body if is_json else ""
-    can_decide = ticket["status"] == PENDING and session.has("reviewer")
-    return render(request, "ticket.html", {
-        "title": f"Ticket {ticket['id']}", "ticket": ticket, "request_body": request_body,
-        "recommendation": recommendation, "recommendation_body": recommendation_body, "override": override,
-        "can_decide": can_decide, "own_request": ticket["caller"] == session.caller,
-        "can_release": ticket["status"] == PENDING and ticket.get("claimed_by")
-                       and (ticket["claimed_by"] == session.caller or session.has("operator")),
-    }, session=session)
-
-
-# actions -----------------------------------------------------------------------------------
-@action("reviewer")
-async def claim(request: Request, session: Session, form) -> Outcome:
-    ticket = await gateway_of(request).review.claim(request.path_params["id"], session.caller)
-    return Outcome(f"You claimed {ticket['id']}; other reviewers cannot decide it while your claim lasts.",
-                   public_view(ticket), back=f"/console/review/{ticket['id']}")
-
-
-@action("reviewer", "operator")
-async def release(request: Request, session: Session, form) -> Outcome:
-    ticket = await gateway_of(request).review.release(request.path_params["id"], session.caller,
-                                                      force=session.has("operator"))
-    return Outcome(f"Released {ticket['id']}: any reviewer may take it.", public_view(ticket),
-                   back=f"/console/review/{ticket['id']}")
 
 
 _ACTIONS = ("approve", "override", "reject")
@@ -183,9 +87,103 @@ def decision_from(form) -> DecisionIn:
         raise BadRequest("; ".join(describe_errors(exc))) from None
 
 
-@action("reviewer")
-async def decide(request: Request, session: Session, form) -> Outcome:
-    decision = decision_from(form)
-    ticket = await gateway_of(request).review.decide(request.path_params["id"], session.caller, decision)
-    said = _SAID[decision.action or decision.verdict].format(id=ticket["id"], status=decision.status)
-    return Outcome(said, public_view(ticket), back="/console/review")
+class ReviewPages:
+    def __init__(self, sessions: Sessions, hub: QueueHub, queue: ReviewQueue) -> None:
+        self.sessions = sessions
+        self.hub = hub
+        self.queue = queue
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/console/review", self.queue_page, methods=["GET"]),
+            Route("/console/review/rows", self.queue_rows, methods=["GET"]),
+            Route("/console/review/events", self.events, methods=["GET"]),
+            Route("/console/review/{id}", self.ticket_page, methods=["GET"]),
+            Route("/console/review/{id}/claim", self.claim, methods=["POST"]),
+            Route("/console/review/{id}/release", self.release, methods=["POST"]),
+            Route("/console/review/{id}/decide", self.decide, methods=["POST"]),
+        ]
+
+    async def _pending(self, request: Request) -> list[dict[str, Any]]:
+        tickets = await self.queue.list(status=PENDING, kind=_kind(request), limit=QUEUE_LIMIT)
+        return [public_view(t) for t in tickets]
+
+    @page("reviewer", "operator")
+    async def queue_page(self, request: Request, session: Session) -> Response:
+        return render(request, "review.html", {"title": "Review queue", "tickets": await self._pending(request),
+                                               "kind": _kind(request), "limit": QUEUE_LIMIT}, session=session)
+
+    @page("reviewer", "operator")
+    async def queue_rows(self, request: Request, session: Session) -> Response:
+        """The queue's rows alone, for the page's script to swap in when an event arrives."""
+        html = env.get_template("_rows.html").render(tickets=await self._pending(request), session=session)
+        return HTMLResponse(html, headers=SECURITY_HEADERS)
+
+    @page("reviewer", "operator")
+    async def events(self, request: Request, session: Session) -> Response:
+        """Every queue event on any replica, as `event: queue` messages; a comment line every 15 s keeps it open."""
+        sid = cookie_value(request)
+
+        async def stream():
+            queue = self.hub.open(session.key)
+            try:
+                yield "retry: 2000\n: connected\n\n"
+                while True:
+                    try:
+                        item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                    except TimeoutError:
+                        if await self.sessions.find(sid) is None:  # signed out (on any replica) or expired
+                            yield "event: signed-out\ndata: {}\n\n"
+                            return
+                        yield ": keep-alive\n\n"
+                        continue
+                    if item is None:  # this session signed out here
+                        yield "event: signed-out\ndata: {}\n\n"
+                        return
+                    yield f"event: queue\ndata: {json.dumps(item, separators=(',', ':'))}\n\n"
+            finally:
+                self.hub.close(queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-store", "x-accel-buffering": "no",
+                                          "x-content-type-options": "nosniff"})
+
+    @page("reviewer", "operator")
+    async def ticket_page(self, request: Request, session: Session) -> Response:
+        try:
+            ticket = public_view(await self.queue.get(request.path_params["id"]))
+        except NotFound as exc:
+            return render(request, "result.html", {"title": "No such ticket", "ok": False, "message": exc.message,
+                                                   "back": "/console/review"}, status=404, session=session)
+        request_body, _ = _body_text(ticket.get("request"))
+        recommendation = ticket.get("recommendation")
+        recommendation_body, is_json = _body_text(recommendation)
+        override = recommendation_body if is_json else ""
+        can_decide = ticket["status"] == PENDING and session.has("reviewer")
+        return render(request, "ticket.html", {
+            "title": f"Ticket {ticket['id']}", "ticket": ticket, "request_body": request_body,
+            "recommendation": recommendation, "recommendation_body": recommendation_body, "override": override,
+            "can_decide": can_decide, "own_request": ticket["caller"] == session.caller,
+            "can_release": ticket["status"] == PENDING and ticket.get("claimed_by")
+                           and (ticket["claimed_by"] == session.caller or session.has("operator")),
+        }, session=session)
+
+    # actions -------------------------------------------------------------------------------
+    @action("reviewer")
+    async def claim(self, request: Request, session: Session, form) -> Outcome:
+        ticket = await self.queue.claim(request.path_params["id"], session.caller)
+        return Outcome(f"You claimed {ticket.id}; other reviewers cannot decide it while your claim lasts.",
+                       public_view(ticket), back=f"/console/review/{ticket.id}")
+
+    @action("reviewer", "operator")
+    async def release(self, request: Request, session: Session, form) -> Outcome:
+        ticket = await self.queue.release(request.path_params["id"], session.caller, force=session.has("operator"))
+        return Outcome(f"Released {ticket.id}: any reviewer may take it.", public_view(ticket),
+                       back=f"/console/review/{ticket.id}")
+
+    @action("reviewer")
+    async def decide(self, request: Request, session: Session, form) -> Outcome:
+        decision = decision_from(form)
+        ticket = await self.queue.decide(request.path_params["id"], session.caller, decision)
+        said = _SAID[decision.action or decision.verdict].format(id=ticket.id, status=decision.status)
+        return Outcome(said, public_view(ticket), back="/console/review")

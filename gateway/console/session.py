@@ -18,16 +18,15 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
 from gateway.auth import Caller
-
-if TYPE_CHECKING:
-    from gateway.context import Gateway
+from gateway.store import Collections
 
 log = logging.getLogger("gateway.console")
 
@@ -72,13 +71,13 @@ class Session:
 class Sessions:
     """Create, find and end console sessions for one gateway (any number of replicas)."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    def __init__(self, store: Collections, configured: Mapping[str, frozenset[str]]) -> None:
+        self.store = store
         self._cache: dict[str, tuple[float, Session | None]] = {}
         self._last_purge = 0.0
-        # Roles as configured now: a token removed from the config (or a role taken away)
-        # ends its sessions on the next request, not 8 hours later.
-        self._configured = {t.id: t.all_roles for t in gw.config.tokens}
+        # Roles as configured now (token id -> roles): a token removed from the config (or a
+        # role taken away) ends its sessions on the next request, not 8 hours later.
+        self._configured = configured
 
     async def create(self, caller: Caller) -> tuple[str, Session]:
         """A new session for `caller`; returns the cookie value and the session."""
@@ -88,7 +87,7 @@ class Sessions:
         session = Session(_store_key(sid), caller.id, roles, secrets.token_urlsafe(32), now, now + LIFETIME)
         doc = {"id": session.key, "caller": caller.id, "roles": sorted(roles), "csrf": session.csrf,
                "created_at": now, "expires_at": session.expires_at}
-        await self.gw.store.insert(SESSIONS, session.key, doc)
+        await self.store.insert(SESSIONS, session.key, doc)
         self._remember(session.key, session)
         await self._purge_expired(now)
         return sid, session
@@ -102,7 +101,7 @@ class Sessions:
         if cached is not None and cached[0] > time.monotonic():
             session = cached[1]
         else:
-            doc = await self.gw.store.get(SESSIONS, key)
+            doc = await self.store.get(SESSIONS, key)
             session = self._from_doc(key, doc) if doc else None
             self._remember(key, session)
         if session is None:
@@ -125,7 +124,7 @@ class Sessions:
 
     async def _forget(self, key: str) -> None:
         self._cache.pop(key, None)
-        await self.gw.store.delete(SESSIONS, key)
+        await self.store.delete(SESSIONS, key)
 
     def _remember(self, key: str, session: Session | None) -> None:
         if len(self._cache) >= CACHE_MAX:
@@ -146,9 +145,9 @@ class Sessions:
             return
         self._last_purge = now
         try:
-            for doc in await self.gw.store.query(SESSIONS, limit=1000, newest_first=False):
+            for doc in await self.store.query(SESSIONS, limit=1000, newest_first=False):
                 if float(doc.get("expires_at", 0)) <= now:
-                    await self.gw.store.delete(SESSIONS, doc["id"])
+                    await self.store.delete(SESSIONS, doc["id"])
         except Exception as exc:  # never let housekeeping fail a sign-in
             log.warning("could not purge expired console sessions: %s", exc)
 

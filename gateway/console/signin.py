@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
 
 from gateway.api.common import error_response
 from gateway.console.session import (
     CONSOLE_ROLES,
+    Sessions,
     clear_cookie,
     cookie_value,
     presented_csrf,
     same_origin,
     set_cookie,
 )
-from gateway.console.web import (
-    MAX_FORM_BYTES,
-    SECURITY_HEADERS,
-    console_of,
-    current_session,
-    gateway_of,
-    render,
-)
+from gateway.console.web import MAX_FORM_BYTES, SECURITY_HEADERS, QueueHub, render
 from gateway.errors import Unauthorized
+from gateway.proxy.stages import Callers
+from gateway.recorder import Recorder
 
 log = logging.getLogger("gateway.console")
 
@@ -44,60 +42,71 @@ def _home(roles) -> str:
     return "/console" if "operator" in roles else "/console/review"
 
 
-async def login_form(request: Request) -> Response:
-    session = await current_session(request)
-    if session is not None:
-        return RedirectResponse(_next(request.query_params.get("next")) or _home(session.roles), status_code=303,
-                                headers={"cache-control": "no-store"})
-    return render(request, "login.html", {"title": "Sign in", "next": _next(request.query_params.get("next")) or ""})
+class SignIn:
+    def __init__(self, sessions: Sessions, hub: QueueHub, callers: Callers, recorder: Recorder, *,
+                 refused: Callable[[str], None]) -> None:
+        self.sessions = sessions
+        self.hub = hub
+        self.callers = callers
+        self.recorder = recorder
+        self.refused = refused  # a refused sign-in counts toward the auth_failures trigger like any refused credential
 
+    def routes(self) -> list[Route]:
+        return [
+            Route("/console/login", self.login_form, methods=["GET"]),
+            Route("/console/login", self.login, methods=["POST"]),
+            Route("/console/logout", self.logout, methods=["POST"]),
+        ]
 
-async def login(request: Request) -> Response:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_FORM_BYTES:
-        return error_response(request, 413, "payload_too_large", "the sign-in form is too large")
-    if not same_origin(request):
-        return error_response(request, 403, "forbidden", "cross-site sign-in refused")
-    form = await request.form()
-    token = form.get("token")
-    token = token.strip() if isinstance(token, str) else ""
-    target = _next(form.get("next") if isinstance(form.get("next"), str) else None)
-    gw = gateway_of(request)
+    async def login_form(self, request: Request) -> Response:
+        session = await self.sessions.find(cookie_value(request))
+        if session is not None:
+            return RedirectResponse(_next(request.query_params.get("next")) or _home(session.roles), status_code=303,
+                                    headers={"cache-control": "no-store"})
+        return render(request, "login.html", {"title": "Sign in", "next": _next(request.query_params.get("next")) or ""})
 
-    def again(message: str, status: int) -> Response:
-        return render(request, "login.html", {"title": "Sign in", "next": target or "", "error": message}, status=status)
-
-    try:
-        caller = gw.authorize(f"Bearer {token}" if token else None)
-    except Unauthorized:
-        source = request.client.host if request.client else "-"
-        gw.monitor.refused(source)  # counts toward the auth_failures trigger like any refused credential
-        log.warning("console sign-in refused: unknown token", extra={"client": source})
-        return again("That token is not valid.", 401)
-    if not caller.has(*CONSOLE_ROLES):
-        log.warning("console sign-in refused: role", extra={"caller": caller.id})
-        return again(f"Token {caller.id} has role {caller.role}; the console is for reviewers and operators.", 403)
-    console = console_of(request)
-    sid, session = await console.sessions.create(caller)
-    await gw.recorder.action("console_sign_in", actor=caller.id, reason="console session opened",
-                             roles=sorted(session.roles), expires_at=session.expires_at)
-    log.info("console sign-in", extra={"caller": caller.id})
-    response = RedirectResponse(target or _home(session.roles), status_code=303, headers={"cache-control": "no-store"})
-    set_cookie(response, request, sid, session)
-    return response
-
-
-async def logout(request: Request) -> Response:
-    console = console_of(request)
-    session = await console.sessions.find(cookie_value(request))
-    if session is not None:
+    async def login(self, request: Request) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_FORM_BYTES:
+            return error_response(request, 413, "payload_too_large", "the sign-in form is too large")
+        if not same_origin(request):
+            return error_response(request, 403, "forbidden", "cross-site sign-in refused")
         form = await request.form()
-        if not same_origin(request) or not session.csrf_ok(presented_csrf(request, form)):
-            return error_response(request, 403, "forbidden", "missing or wrong CSRF token: reload the page and try again")
-        await console.sessions.end(session)
-        console.hub.end_session(session.key)
-        await gateway_of(request).recorder.action("console_sign_out", actor=session.caller, reason="console session ended")
-        log.info("console sign-out", extra={"caller": session.caller})
-    response = RedirectResponse("/console/login", status_code=303, headers=SECURITY_HEADERS)
-    clear_cookie(response, request)
-    return response
+        token = form.get("token")
+        token = token.strip() if isinstance(token, str) else ""
+        target = _next(form.get("next") if isinstance(form.get("next"), str) else None)
+
+        def again(message: str, status: int) -> Response:
+            return render(request, "login.html", {"title": "Sign in", "next": target or "", "error": message}, status=status)
+
+        try:
+            caller = self.callers.authorize(f"Bearer {token}" if token else None)
+        except Unauthorized:
+            source = request.client.host if request.client else "-"
+            self.refused(source)
+            log.warning("console sign-in refused: unknown token", extra={"client": source})
+            return again("That token is not valid.", 401)
+        if not caller.has(*CONSOLE_ROLES):
+            log.warning("console sign-in refused: role", extra={"caller": caller.id})
+            return again(f"Token {caller.id} has role {caller.role}; the console is for reviewers and operators.", 403)
+        sid, session = await self.sessions.create(caller)
+        await self.recorder.action("console_sign_in", actor=caller.id, reason="console session opened",
+                                   roles=sorted(session.roles), expires_at=session.expires_at)
+        log.info("console sign-in", extra={"caller": caller.id})
+        response = RedirectResponse(target or _home(session.roles), status_code=303, headers={"cache-control": "no-store"})
+        set_cookie(response, request, sid, session)
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        session = await self.sessions.find(cookie_value(request))
+        if session is not None:
+            form = await request.form()
+            if not same_origin(request) or not session.csrf_ok(presented_csrf(request, form)):
+                return error_response(request, 403, "forbidden", "missing or wrong CSRF token: reload the page and try again")
+            await self.sessions.end(session)
+            self.hub.end_session(session.key)
+            await self.recorder.action("console_sign_out", actor=session.caller, reason="console session ended")
+            log.info("console sign-out", extra={"caller": session.caller})
+        response = RedirectResponse("/console/login", status_code=303, headers=SECURITY_HEADERS)
+        clear_cookie(response, request)
+        return response

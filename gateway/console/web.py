@@ -1,4 +1,4 @@
-"""What every console handler shares: the per-gateway console state, templates, guards, answers.
+"""What every console handler shares: templates, the live queue hub, guards, answers.
 
 Pages (`page`) need a session with one of the given roles: without one, a browser is sent
 to the sign-in page and anything else gets the gateway's JSON 401. Actions (`action`) are
@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -26,9 +26,6 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from gateway.api.common import error_response
 from gateway.console.session import Session, Sessions, cookie_value, presented_csrf, same_origin
 from gateway.errors import BadRequest, GatewayError
-
-if TYPE_CHECKING:
-    from gateway.context import Gateway
 
 log = logging.getLogger("gateway.console")
 
@@ -105,17 +102,21 @@ def render(request: Request, name: str, context: dict[str, Any], status: int = 2
     return HTMLResponse(env.get_template(name).render(context), status_code=status, headers=SECURITY_HEADERS)
 
 
-# the console's state per gateway --------------------------------------------------------
+# the live queue ---------------------------------------------------------------------------
+class QueueEvents(Protocol):
+    def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None: ...
+
+
 class QueueHub:
     """Fans the review queue's events out to every open event stream of this process.
 
-    One listener on the queue for the whole process (the queue has no way to remove a
-    listener); each stream has its own bounded asyncio.Queue, removed when it ends.
+    One listener on the queue for the whole process; each stream has its own bounded
+    asyncio.Queue, removed when it ends.
     """
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, queue: QueueEvents) -> None:
         self._streams: dict[asyncio.Queue, str] = {}
-        gw.review.add_listener(self._on_event)
+        queue.add_listener(self._on_event)
 
     def open(self, session_key: str) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue(maxsize=256)
@@ -151,33 +152,10 @@ class QueueHub:
                 pass
 
 
-class Console:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.sessions = Sessions(gw)
-        self._hub: QueueHub | None = None
+class Pages(Protocol):
+    """A group of console handlers: each knows the sessions it checks against."""
 
-    @property
-    def hub(self) -> QueueHub:
-        if self._hub is None:
-            self._hub = QueueHub(self.gw)
-        return self._hub
-
-
-def console_of(request: Request) -> Console:
-    state = request.app.state
-    console = getattr(state, "console", None)
-    if console is None:
-        console = state.console = Console(state.gateway)
-    return console
-
-
-def gateway_of(request: Request) -> Gateway:
-    return request.app.state.gateway
-
-
-async def current_session(request: Request) -> Session | None:
-    return await console_of(request).sessions.find(cookie_value(request))
+    sessions: Sessions
 
 
 def wants_html(request: Request) -> bool:
@@ -202,14 +180,14 @@ def forbidden_page(request: Request, session: Session, needs: tuple[str, ...]) -
 
 
 # guards ---------------------------------------------------------------------------------
-Handler = Callable[[Request, Session], Awaitable[Response]]
+Handler = Callable[[Any, Request, Session], Awaitable[Response]]
 
 
-def page(*roles: str) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """A GET that needs a session with one of `roles`."""
+def page(*roles: str) -> Callable[[Handler], Callable[[Any, Request], Awaitable[Response]]]:
+    """A GET method that needs a session with one of `roles`."""
     def wrap(fn: Handler):
-        async def handler(request: Request) -> Response:
-            session = await current_session(request)
+        async def handler(self: Pages, request: Request) -> Response:
+            session = await self.sessions.find(cookie_value(request))
             if session is None:
                 if wants_html(request):
                     return login_redirect(request)
@@ -219,13 +197,13 @@ def page(*roles: str) -> Callable[[Handler], Callable[[Request], Awaitable[Respo
                     return forbidden_page(request, session, roles)
                 return error_response(request, 403, "forbidden",
                                       f"{session.caller} has role {session.role}; this needs {' or '.join(roles)}")
-            return await fn(request, session)
+            return await fn(self, request, session)
         handler.__name__ = fn.__name__
         return handler
     return wrap
 
 
-ActionHandler = Callable[[Request, Session, Any], Awaitable["Outcome"]]
+ActionHandler = Callable[[Any, Request, Session, Any], Awaitable["Outcome"]]
 
 
 class Outcome:
@@ -235,11 +213,11 @@ class Outcome:
         self.message, self.result, self.status, self.back = message, result, status, back
 
 
-def action(*roles: str) -> Callable[[ActionHandler], Callable[[Request], Awaitable[Response]]]:
-    """A POST that needs a session with one of `roles` and the session's CSRF token."""
+def action(*roles: str) -> Callable[[ActionHandler], Callable[[Any, Request], Awaitable[Response]]]:
+    """A POST method that needs a session with one of `roles` and the session's CSRF token."""
     def wrap(fn: ActionHandler):
-        async def handler(request: Request) -> Response:
-            session = await current_session(request)
+        async def handler(self: Pages, request: Request) -> Response:
+            session = await self.sessions.find(cookie_value(request))
             if session is None:
                 return error_response(request, 401, "unauthorized", "no console session (signed out or expired): sign in again")
             length = request.headers.get("content-length")
@@ -256,7 +234,7 @@ def action(*roles: str) -> Callable[[ActionHandler], Callable[[Request], Awaitab
                                       f"{session.caller} has role {session.role}; this needs {' or '.join(roles)}")
             back = request.headers.get("referer") or None
             try:
-                outcome = await fn(request, session, form)
+                outcome = await fn(self, request, session, form)
             except GatewayError as exc:
                 log.info("console action refused", extra={"path": request.url.path, "actor": session.caller,
                                                           "status": exc.status, "reason": exc.message})

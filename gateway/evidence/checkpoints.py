@@ -28,13 +28,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .crypto import raw_public
+from .errors import CheckpointError
 
 SIG_PREFIX = "\u2014 "  # em dash + space, as signed-note specifies
 ED25519_ALG = b"\x01"
-
-
-class CheckpointError(ValueError):
-    """Text that is not a well-formed checkpoint note."""
 
 
 def key_hash(name: str, public: Ed25519PublicKey) -> bytes:

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -168,6 +168,17 @@ def load_public_keys(data: bytes) -> list[Ed25519PublicKey]:
     if not keys:
         raise ValueError("no PEM public key found")
     return keys
+
+
+def signed_by(keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
+    """Whether any of `keys` made `signature` over `message`."""
+    for key in keys:
+        try:
+            key.verify(signature, message)
+            return True
+        except InvalidSignature:
+            continue
+    return False
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:

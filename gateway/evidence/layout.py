@@ -1,4 +1,17 @@
-"""The log directory's small fixed files: identity (log.json), the process lock, known public keys."""
+"""The log directory's small fixed files: identity (log.json), the process lock, known public keys.
+
+The whole directory (see docs/evidence.md):
+
+    log.json            identity: log id, origin, format version
+    segments/*.seg      framed records (the Merkle leaves)
+    tree/Lkk            per-level subtree hashes (derived; rebuilt if behind)
+    checkpoints.log     signed checkpoint notes, oldest first
+    checkpoint-keys.pem public keys that have signed checkpoints here
+    index.sqlite        find/select index (derived; rebuilt if behind)
+    holds.json          legal holds and their history
+    retention.json      segments removed by retention
+    lock                held (flock) while a process has the log open
+"""
 
 from __future__ import annotations
 
@@ -12,20 +25,23 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .crypto import public_pem
-from .recovery import EvidenceLogCorrupt, EvidenceLogError
+from .errors import EvidenceLogCorrupt, EvidenceLogError, LogInUse
 from .retention import fsync_dir, write_json_atomic
 
 FORMAT = "oversight-gateway-evidence"
 
 
 def acquire_lock(path: Path) -> int:
-    """flock, so a second gateway process (or handle) cannot interleave appends; freed by the kernel on kill."""
+    """flock, so a second gateway process (or handle) cannot interleave appends; freed by the kernel on kill.
+
+    Raises LogInUse when another process or handle holds it.
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise EvidenceLogError(f"evidence log {path.parent} is open in another process or handle") from None
+        raise LogInUse(f"evidence log {path.parent} is open in another process or handle") from None
     return fd
 
 

@@ -1,24 +1,12 @@
 """`EvidenceLog`: the append-only, tamper-evident evidence store.
 
-The request path calls `append`, which only encodes, (optionally) encrypts,
-frames and `os.write`s the record and folds its leaf hash into an in-memory
-frontier. Everything slow happens on one background thread every
-`fsync_interval`: a group fdatasync, then (for what that fsync made durable
-only) the tree hash files and the SQLite index, then a signed checkpoint when
-one is due. Callers that must not answer before the record is on disk await
-`wait_durable`.
-
-Directory layout (see docs/evidence.md):
-
-    log.json            identity: log id, origin, format version
-    segments/*.seg      framed records (the Merkle leaves)
-    tree/Lkk            per-level subtree hashes (derived; rebuilt if behind)
-    checkpoints.log     signed checkpoint notes, oldest first
-    checkpoint-keys.pem public keys that have signed checkpoints here
-    index.sqlite        find/select index (derived; rebuilt if behind)
-    holds.json          legal holds and their history
-    retention.json      segments removed by retention
-    lock                held (flock) while a process has the log open
+The request path calls `append` (or `submit`, from an event loop), which only
+encodes, (optionally) encrypts, frames and `os.write`s the record and folds its
+leaf hash into an in-memory frontier. Everything slow happens on one background
+thread every `fsync_interval`: a group fdatasync, then (for what that fsync made
+durable only) the tree hash files and the SQLite index, then a signed checkpoint
+when one is due. Callers that must not answer before the record is on disk await
+`wait_durable`. The directory's files are listed in `layout`.
 """
 
 from __future__ import annotations
@@ -29,41 +17,28 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from hashlib import sha256
 from pathlib import Path
 from typing import Iterator, Mapping
 
-import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import recovery
+from .canonical_json import canonical
 from .checkpoints import Checkpoint, CheckpointLog, read_log
 from .crypto import BodyCipher
+from .errors import EvidenceLogError
 from .index import Index, Row, row_for
-from .recovery import EvidenceLogError
 from .layout import acquire_lock, load_meta, remember_public_key
-from .retention import HoldStore, RetentionManifest, expired_segments, fsync_dir, merge_ranges
-from .segments import SegmentHeader, frame, list_segments, pread_record, segment_name
+from .loop_bridge import DurableSize, Submissions
 from .merkle import Frontier, decompose
+from .retention import HoldStore, RetentionManifest, expired_segments, fsync_dir, merge_ranges
+from .segments import ActiveSegment, frame, list_segments, pread_record, segment_name
 from .tree import TreeFiles
 
 logger = logging.getLogger("gateway.evidence")
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
-
-
-def canonical(record: Mapping[str, object]) -> bytes:
-    """Sorted keys, no whitespace, UTF-8: one byte string per record, so one leaf hash.
-
-    orjson writes the same bytes as `json.dumps(sort_keys=True, separators=(",", ":"),
-    ensure_ascii=False)` for the records the gateway makes, eight times faster. NaN and
-    infinities, which JSON cannot carry, are written as null.
-    """
-    try:
-        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-    except TypeError as exc:  # orjson raises TypeError (a subclass of it) for unserialisable values
-        raise ValueError(f"an evidence record must be plain JSON: {exc}") from None
 
 
 class EvidenceLog:
@@ -128,8 +103,7 @@ class EvidenceLog:
             raise
         self._thread = threading.Thread(target=self._run, name="evidence-fsync", daemon=True)
         self._thread.start()
-        self._writer = threading.Thread(target=self._write_forever, name="evidence-writer", daemon=True)
-        self._writer.start()
+        self._submissions.start()
 
     def _recover(self) -> None:
         d = self.directory
@@ -141,31 +115,25 @@ class EvidenceLog:
         self._cplog = CheckpointLog(d / "checkpoints.log")
         self._last_cp: Checkpoint | None = state.checkpoint
         self._tree = state.tree
-        self._size = self._durable = state.size
+        self._size = state.size
+        self._durable.advance(state.size)
         self._rows: list[Row] = []
-        self._retired: list[int] = []
-        self._dir_dirty = False
         self._read_fds: dict[int, int] = {}
-        self._seg_fd: int | None = None
-        self._seg_records = 0
+        segment = self._segment = ActiveSegment(self._segdir, self._meta["log_id"])
         tail = state.tail
+        if tail is not None:
+            segment.adopt(tail.segment.first_index, tail.records, tail.end_offset)
         if tail is None or tail.key_id != self._cipher.key_id or tail.end_offset >= self._seg_max:
-            if tail is not None:  # a key change or a full segment: continue in a new one
-                self._seg_first, self._seg_records = tail.segment.first_index, tail.records
-            self._rotate(self._cipher.key_id)
+            segment.rotate(self._size, self._cipher.key_id)  # a key change or a full segment: a new one
         else:
-            self._seg_first, self._seg_records, self._seg_bytes = tail.segment.first_index, tail.records, tail.end_offset
-            self._seg_fd = os.open(tail.segment.path, os.O_WRONLY | os.O_APPEND)
+            segment.reopen()
         self._tree_files.fsync()
         if self._last_cp is None:
             self._write_checkpoint(self._size, self._tree.root())
 
     def _init_sync_state(self) -> None:
-        self._submitted: deque[tuple[dict, dict[str, bytes] | None, asyncio.Future[int], asyncio.AbstractEventLoop]] = deque()
-        self._submit_wake = threading.Event()
-        self._writer_idle = False
-        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._wait_lock = threading.Lock()
+        self._submissions = Submissions(self._write_submitted)
+        self._durable = DurableSize()
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -180,61 +148,29 @@ class EvidenceLog:
     def submit(self, record: dict, bodies: dict[str, bytes] | None = None) -> "asyncio.Future[int]":
         """Append from an event loop without blocking it: resolves to the leaf index once the OS has the record.
 
-        A writer thread takes everything submitted since its last pass, encodes it and
-        hands it to the OS in one write. The loop never waits on the disk (a write can
-        stall for milliseconds while a group fsync commits), and under load one system
-        call and one wake-up of the loop serve many records.
+        The writer thread (see `loop_bridge.Submissions`) encodes everything submitted
+        since its last pass and hands it to the OS in one write.
         """
         if not isinstance(record, dict):
             raise TypeError("an evidence record must be a dict")
         self._check_open()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-        self._submitted.append((record, bodies, fut, loop))
-        if self._writer_idle:  # wake it only when it sleeps: under load it is already busy
-            self._submit_wake.set()
-        return fut
+        return self._submissions.submit(record, bodies)
 
-    def _write_forever(self) -> None:
-        while True:
-            if not self._submitted:
-                self._writer_idle = True
-                if not self._submitted and not self._stopping:  # look again after saying so: no lost wake-up
-                    self._submit_wake.wait(0.05)
-                self._writer_idle = False
-                self._submit_wake.clear()
-            while self._submitted:
-                batch = []
-                while self._submitted and len(batch) < 1024:
-                    batch.append(self._submitted.popleft())
-                self._write_batch(batch)
-            if self._stopping and not self._submitted:
-                return
-
-    def _write_batch(self, batch: list) -> None:
-        results: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[int], int | BaseException]] = []
-        try:
-            with self._lock:
-                self._check_open()
-                pending: list[bytes] = []
-                now = time.time()
-                for record, bodies, fut, loop in batch:
-                    try:
-                        results.append((loop, fut, self._append_locked(record, bodies, now, pending)))
-                    except (TypeError, ValueError) as exc:  # this record cannot be encoded; the others go on
-                        results.append((loop, fut, exc))
-                if pending:
-                    self._write_pending(pending)
-        except BaseException as exc:  # the log failed or closed: nobody in this batch was written
-            results = [(loop, fut, exc) for _, _, fut, loop in batch]
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for loop, fut, outcome in results:
-            by_loop.setdefault(loop, []).append((fut, outcome))
-        for loop, settled in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_settle_all, settled)
-            except RuntimeError:  # that loop is closed: nobody is waiting any more
-                pass
+    def _write_submitted(self, batch: list[tuple[dict, dict[str, bytes] | None]]) -> list[int | Exception]:
+        """On the writer thread: append a batch in one write; a record that cannot be encoded fails alone."""
+        outcomes: list[int | Exception] = []
+        with self._lock:
+            self._check_open()
+            pending: list[bytes] = []
+            now = time.time()
+            for record, bodies in batch:
+                try:
+                    outcomes.append(self._append_locked(record, bodies, now, pending))
+                except (TypeError, ValueError) as exc:  # this record cannot be encoded; the others go on
+                    outcomes.append(exc)
+            if pending:
+                self._write_pending(pending)
+        return outcomes
 
     def append(self, record: dict, bodies: dict[str, bytes] | None = None) -> int:
         """Append one record; returns its leaf index once the frame is handed to the OS (blocking)."""
@@ -253,48 +189,24 @@ class EvidenceLog:
         stored = {**record, "bodies": self._cipher.seal(idx, bodies)} if bodies else record
         payload = canonical(stored)
         data = frame(payload)
-        if self._seg_records and self._seg_bytes + len(data) > self._seg_max:
+        segment = self._segment
+        if segment.records and segment.bytes + len(data) > self._seg_max:
             if pending:
                 self._write_pending(pending)
-            self._rotate(self._cipher.key_id)
-        offset = self._seg_bytes
-        if pending is None:
-            self._write(data)
-        else:
-            pending.append(data)
-        self._seg_bytes = offset + len(data)
-        self._seg_records += 1
+            segment.rotate(idx, self._cipher.key_id)
+        offset = segment.append(data, pending)
         self._tree.append_leaf(sha256(b"\x00" + payload).digest())
-        self._rows.append(row_for(idx, self._seg_first, offset, record, now))
+        self._rows.append(row_for(idx, segment.first, offset, record, now))
         self._size = idx + 1
         return idx
 
     def _write_pending(self, pending: list[bytes]) -> None:
         """One write for a batch's frames. The tree already counts them, so a failure fails the log."""
-        data = b"".join(pending)
-        pending.clear()
-        start = self._seg_bytes - len(data)
-        done = 0
         try:
-            while done < len(data):
-                done += os.write(self._seg_fd, data[done:])  # type: ignore[arg-type]
+            self._segment.write_pending(pending)
         except OSError as exc:
-            if done:
-                os.ftruncate(self._seg_fd, start)  # type: ignore[arg-type]
             self._fail(exc)
             raise EvidenceLogError(f"writing to the evidence log failed: {exc}") from exc
-
-    def _write(self, data: bytes) -> None:
-        """os.write all of `data`, or undo the partial frame and raise (the log stays well-formed)."""
-        assert self._seg_fd is not None
-        done = 0
-        try:
-            while done < len(data):
-                done += os.write(self._seg_fd, data[done:])
-        except OSError:
-            if done:
-                os.ftruncate(self._seg_fd, self._seg_bytes)
-            raise
 
     def _check_open(self) -> None:
         if self._closed:
@@ -302,43 +214,26 @@ class EvidenceLog:
         if self._failed is not None:
             raise EvidenceLogError(f"evidence log failed: {self._failed}") from self._failed
 
-    def _rotate(self, key_id: str | None) -> None:
-        """Start a new segment at the current size (caller holds the lock or is still opening)."""
-        first = self._size
-        path = self._segdir / segment_name(first)
-        if self._seg_records == 0 and path.exists():
-            path.unlink()  # an empty segment (e.g. right after a key change) is replaced, not kept
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
-        header = SegmentHeader(first, key_id, time.time(), self._meta["log_id"]).encode()
-        os.write(fd, header)
-        if self._seg_fd is not None:
-            self._retired.append(self._seg_fd)  # the syncer fsyncs and closes it; it may hold its number
-        self._seg_fd, self._seg_first, self._seg_bytes, self._seg_records = fd, first, len(header), 0
-        self._dir_dirty = True
-
     def rotate_key(self, encryption_key: bytes, key_id: str | None = None) -> str:
         """Encrypt bodies from now on with a new key, in a new segment; returns its key id."""
         with self._lock:
             self._check_open()
             kid = self._cipher.set_key(encryption_key, key_id)
-            self._rotate(kid)
+            self._segment.rotate(self._size, kid)
         return kid
 
     # ---------------------------------------------------------------- durability
 
     async def wait_durable(self, idx: int) -> None:
         """Return once a group fsync has covered leaf `idx` (asks the syncer to run now)."""
-        if idx < self._durable:
+        if idx < self._durable.size:
             return
         if idx >= self._size:
             raise ValueError(f"leaf {idx} has not been appended")
         self._check_open()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        with self._wait_lock:
-            if idx < self._durable:
-                return
-            self._waiters.append((idx, loop, fut))
+        fut = self._durable.waiter(idx)
+        if fut is None:
+            return
         self._wake.set()
         await fut
 
@@ -350,7 +245,7 @@ class EvidenceLog:
     def sync_now(self) -> int:
         """fsync everything appended so far (blocking); returns the durable size."""
         self._sync_once()
-        return self._durable
+        return self._durable.size
 
     def _run(self) -> None:
         while True:
@@ -370,11 +265,10 @@ class EvidenceLog:
             if self._failed is not None:  # never retry a failed fsync: the kernel may have dropped the pages
                 raise EvidenceLogError(f"evidence log failed: {self._failed}") from self._failed
             with self._lock:
-                size, fd = self._size, self._seg_fd
-                retired, self._retired = self._retired, []
+                size = self._size
+                fd, retired, dir_dirty = self._segment.take_unsynced()
                 rows = list(self._rows)
-                dir_dirty, self._dir_dirty = self._dir_dirty, False
-            if size > self._durable or retired or dir_dirty:
+            if size > self._durable.size or retired or dir_dirty:
                 for old in retired:
                     os.fdatasync(old)
                     os.close(old)
@@ -382,7 +276,7 @@ class EvidenceLog:
                     os.fdatasync(fd)
                 if dir_dirty:
                     fsync_dir(self._segdir)
-                self._mark_durable(size)
+                self._durable.advance(size)
             with self._lock:
                 writes = self._tree.unflushed(size)
             for level, start, hashes in writes:
@@ -414,20 +308,9 @@ class EvidenceLog:
         self._last_cp = cp
         self._last_cp_mono = time.monotonic()
 
-    def _mark_durable(self, size: int) -> None:
-        with self._wait_lock:
-            self._durable = max(self._durable, size)
-            ready = [w for w in self._waiters if w[0] < size]
-            self._waiters = [w for w in self._waiters if w[0] >= size]
-        for _, loop, fut in ready:
-            _settle(loop, fut, None)
-
     def _fail(self, exc: BaseException) -> None:
         self._failed = exc
-        with self._wait_lock:
-            waiters, self._waiters = self._waiters, []
-        for _, loop, fut in waiters:
-            _settle(loop, fut, exc)
+        self._durable.fail(exc)
 
     # ---------------------------------------------------------------- reading
 
@@ -437,7 +320,7 @@ class EvidenceLog:
 
     @property
     def durable_size(self) -> int:
-        return self._durable
+        return self._durable.size
 
     def read_leaf(self, idx: int) -> bytes:
         """The exact stored bytes of leaf `idx` (what its Merkle leaf hash covers)."""
@@ -540,7 +423,7 @@ class EvidenceLog:
         """
         self._sync_once(force_checkpoint=True)  # a signed checkpoint covers every leaf about to lose its bytes
         with self._lock:
-            active = self._seg_first
+            active = self._segment.first
         doomed = expired_segments(list_segments(self._segdir), active, self._index.segment_times(), self._holds,
                                   now - retention_seconds, now)
         if not doomed:
@@ -569,8 +452,7 @@ class EvidenceLog:
         if getattr(self, "_closed", True):
             return
         self._stopping = True
-        self._submit_wake.set()
-        self._writer.join()  # everything submitted is written before the last sync
+        self._submissions.stop()  # everything submitted is written before the last sync
         self._wake.set()
         self._thread.join()
         try:
@@ -579,10 +461,10 @@ class EvidenceLog:
         finally:
             with self._lock:
                 self._closed = True
-                for fd in [self._seg_fd, *self._retired, *self._read_fds.values()]:
-                    if fd is not None:
-                        os.close(fd)
-                self._seg_fd, self._retired, self._read_fds = None, [], {}
+                self._segment.close()
+                for fd in self._read_fds.values():
+                    os.close(fd)
+                self._read_fds = {}
             self._fail(EvidenceLogError("evidence log closed"))
             self._failed = None
             self._tree_files.close()
@@ -596,26 +478,3 @@ class EvidenceLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _settle_all(settled: list) -> None:
-    """On the submitting loop: resolve a written batch's futures with their indexes (or errors)."""
-    for fut, outcome in settled:
-        if fut.done():
-            continue
-        if isinstance(outcome, BaseException):
-            fut.set_exception(outcome)
-        else:
-            fut.set_result(outcome)
-
-
-def _settle(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], exc: BaseException | None) -> None:
-    def done() -> None:
-        if not fut.done():
-            if exc is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(exc)
-    try:
-        loop.call_soon_threadsafe(done)
-    except RuntimeError:  # that loop is closed: nobody is waiting any more
-        pass

@@ -22,20 +22,13 @@ from pathlib import Path
 from typing import Iterator
 
 from .checkpoints import Checkpoint, read_log
+from .errors import EvidenceLogCorrupt, SegmentError
 from .index import Index, row_for
-from .merkle import HASH_SIZE, leaf_hash
-from .segments import FRAME, MAGIC, End, SegmentError, SegmentFile, SegmentReader, list_segments
-from .tree import MerkleTree, TreeFiles, repair_levels
+from .merkle import leaf_hash
+from .segments import FRAME, MAGIC, End, SegmentFile, SegmentReader, list_segments
+from .tree import MerkleTree, TreeFiles, repair_levels, stored_leaves
 
 logger = logging.getLogger("gateway.evidence")
-
-
-class EvidenceLogError(Exception):
-    """The log cannot do what was asked (closed, in use, failed fsync, ...)."""
-
-
-class EvidenceLogCorrupt(EvidenceLogError):
-    """The directory holds damage that is not a crash artifact: run `gateway evidence verify`."""
 
 
 @dataclass
@@ -150,7 +143,7 @@ def recover_tail(last: SegmentFile, *, covered: int, tree: TreeFiles, index: Ind
     if scan.end is End.BROKEN:
         raise EvidenceLogCorrupt(f"evidence log damaged: frame of record {at} ({where}) has an impossible length "
                                  "and data follows it; run `gateway evidence verify`")
-    if at < covered or _stored_leaves(tree) > at or index.has_at_or_after(last.first_index, scan.end_offset):
+    if at < covered or stored_leaves(tree) > at or index.has_at_or_after(last.first_index, scan.end_offset):
         raise EvidenceLogCorrupt(f"evidence log damaged: record {at} ({where}) is incomplete but was already "
                                  "acknowledged (indexed, hashed or checkpointed); run `gateway evidence verify`")
     torn = os.path.getsize(last.path) - scan.end_offset
@@ -158,14 +151,6 @@ def recover_tail(last: SegmentFile, *, covered: int, tree: TreeFiles, index: Ind
                    torn, where, at)
     os.truncate(last.path, scan.end_offset)
     return Tail(last, count, scan.end_offset, key_id)
-
-
-def _stored_leaves(tree: TreeFiles) -> int:
-    """Leaf hashes on disk, ignoring an all-zero tail a filesystem may expose after power loss."""
-    n = tree.count(0)
-    while n and tree.read(0, n - 1) == bytes(HASH_SIZE):
-        n -= 1
-    return n
 
 
 @dataclass(frozen=True)
@@ -202,7 +187,7 @@ def iter_records(segments: list[SegmentFile], start: int, stop: int, *, allow_ga
 
 def rebuild_tree(files: TreeFiles, segments: list[SegmentFile], size: int, trusted: int) -> MerkleTree:
     """Trust stored hashes below `trusted` leaves, recompute the rest of [0, size) from records."""
-    start = min(_stored_leaves(files), trusted)
+    start = min(stored_leaves(files), trusted)
     repair_levels(files, start)
     tree = MerkleTree(files, start)
     for rec in iter_records(segments, start, size):

@@ -6,6 +6,7 @@ payload`; the payload is the canonical JSON record, which is also the Merkle
 leaf. The CRC is not a security measure (the tree is): it only lets open tell
 a write torn by a crash from a complete frame.
 
+Only the newest segment is written (`ActiveSegment`); older ones are sealed.
 Scanning classifies how a segment ends, because open must treat the cases
 differently: a torn tail may be cut, anything else is evidence of damage and is
 left in place for `verify` to report.
@@ -18,20 +19,19 @@ import mmap
 import os
 import re
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Iterator
 
+from .errors import SegmentError
+
 MAGIC = b"OGEVSEG1"
 FRAME = struct.Struct(">II")
 MAX_PAYLOAD = 1 << 28
 SEGMENT_RE = re.compile(r"^(\d{12})\.seg$")
-
-
-class SegmentError(Exception):
-    """A segment whose magic or header cannot be read."""
 
 
 def frame(payload: bytes) -> bytes:
@@ -175,6 +175,86 @@ def pread_record(fd: int, offset: int, name: str) -> bytes:
     if len(payload) != length or zlib.crc32(payload) != crc:
         raise SegmentError(f"{name}: frame at offset {offset} is damaged")
     return payload
+
+
+class ActiveSegment:
+    """The newest segment, open for appends. Not thread-safe: the log calls it under its append lock.
+
+    Frames reach the OS with `os.write` only; the log's syncer makes them durable, using
+    `take_unsynced` to learn what to fdatasync: the open segment, the segments rotated
+    away since the last pass, and whether the directory has a new file.
+    """
+
+    def __init__(self, directory: Path, log_id: str) -> None:
+        self.directory = directory
+        self.log_id = log_id
+        self.fd: int | None = None
+        self.first = 0      # leaf index of its first record
+        self.bytes = 0      # its length, header included
+        self.records = 0
+        self._retired: list[int] = []
+        self._dir_dirty = False
+
+    def adopt(self, first: int, records: int, end_offset: int) -> None:
+        """Start from the newest segment found at open; then `reopen` it, or `rotate` past it."""
+        self.first, self.records, self.bytes = first, records, end_offset
+
+    def reopen(self) -> None:
+        self.fd = os.open(self.directory / segment_name(self.first), os.O_WRONLY | os.O_APPEND)
+
+    def rotate(self, first: int, key_id: str | None) -> None:
+        """Continue in a new segment whose first record is leaf `first`."""
+        path = self.directory / segment_name(first)
+        if self.records == 0 and path.exists():
+            path.unlink()  # an empty segment (e.g. right after a key change) is replaced, not kept
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
+        header = SegmentHeader(first, key_id, time.time(), self.log_id).encode()
+        os.write(fd, header)
+        if self.fd is not None:
+            self._retired.append(self.fd)  # the syncer fsyncs and closes it; it may hold its number
+        self.fd, self.first, self.bytes, self.records = fd, first, len(header), 0
+        self._dir_dirty = True
+
+    def append(self, data: bytes, pending: list[bytes] | None = None) -> int:
+        """Place one frame and return its offset; with `pending`, it waits there for `write_pending`."""
+        offset = self.bytes
+        if pending is None:
+            self._write(data, offset)
+        else:
+            pending.append(data)
+        self.bytes = offset + len(data)
+        self.records += 1
+        return offset
+
+    def write_pending(self, pending: list[bytes]) -> None:
+        """One write for the frames `append` placed in `pending` (already counted in `bytes`)."""
+        data = b"".join(pending)
+        pending.clear()
+        self._write(data, self.bytes - len(data))
+
+    def _write(self, data: bytes, start: int) -> None:
+        """os.write all of `data`, or cut the file back to `start` and raise (the segment stays well-formed)."""
+        assert self.fd is not None
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self.fd, data[done:])
+        except OSError:
+            if done:
+                os.ftruncate(self.fd, start)
+            raise
+
+    def take_unsynced(self) -> tuple[int | None, list[int], bool]:
+        """The open fd, the retired fds (now the caller's to fdatasync and close), whether the directory changed."""
+        retired, self._retired = self._retired, []
+        dir_dirty, self._dir_dirty = self._dir_dirty, False
+        return self.fd, retired, dir_dirty
+
+    def close(self) -> None:
+        for fd in [self.fd, *self._retired]:
+            if fd is not None:
+                os.close(fd)
+        self.fd, self._retired = None, []
 
 
 def _all_zero(data: bytes | mmap.mmap, start: int, end: int) -> bool:

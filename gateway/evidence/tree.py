@@ -192,6 +192,14 @@ class MerkleTree:
             del self._buffer[level][: len(hashes)]
 
 
+def stored_leaves(files: TreeFiles) -> int:
+    """Leaf hashes on disk, ignoring an all-zero tail a filesystem may expose after power loss."""
+    n = files.count(0)
+    while n and files.read(0, n - 1) == bytes(HASH_SIZE):
+        n -= 1
+    return n
+
+
 def repair_levels(files: TreeFiles, size: int) -> None:
     """Make level k hold exactly size >> k nodes, recomputing missing ones from level k-1.
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections import deque
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -28,18 +28,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .checkpoints import Checkpoint, read_log
 from .crypto import load_public_keys
+from .errors import SegmentError, VerifyError
 from .layout import FORMAT
 from .merkle import EMPTY_ROOT, HASH_SIZE, Frontier, decompose, leaf_hash, verify_consistency
-from .segments import End, SegmentError, SegmentFile, SegmentReader, list_segments
-from .tree import MerkleTree, TreeFiles
-
-
-class VerifyError(Exception):
-    """The directory could not be read as an evidence log at all (as opposed to: it fails verification)."""
+from .report import Problem, Report
+from .segments import End, SegmentFile, SegmentReader, list_segments
+from .tree import MerkleTree, TreeFiles, stored_leaves
 
 
 @dataclass(frozen=True)
-class Problem:
+class LogProblem(Problem):
+    """A bad record (its index, and where it is stored when known) or, failing that, a bad checkpoint."""
+
     reason: str
     index: int | None = None
     segment: str | None = None
@@ -47,18 +47,18 @@ class Problem:
     checkpoint: int | None = None
     size: int | None = None
 
-    def __str__(self) -> str:
+    @property
+    def where(self) -> str:
         if self.index is not None:
             where = f"record {self.index}"
             if self.segment is not None:
                 where += f" (segment {self.segment}, offset {self.offset})"
-        else:
-            where = f"checkpoint #{self.checkpoint} (size {self.size})"
-        return f"{where}: {self.reason}"
+            return where
+        return f"checkpoint #{self.checkpoint} (size {self.size})"
 
 
 @dataclass
-class VerifyReport:
+class VerifyReport(Report[LogProblem]):
     directory: Path
     records: int = 0
     removed_records: int = 0
@@ -66,29 +66,21 @@ class VerifyReport:
     checkpoints: int = 0
     latest: Checkpoint | None = None
     key_source: str = ""
-    problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    @property
-    def first_problem(self) -> Problem | None:
+    def first_problem(self) -> LogProblem | None:
         """The first bad record by leaf index; failing that, the first bad checkpoint."""
         records = [p for p in self.problems if p.index is not None]
         if records:
             return min(records, key=lambda p: p.index)  # type: ignore[arg-type, return-value]
         return self.problems[0] if self.problems else None
 
-    def summary(self) -> str:
-        if not self.ok:
-            more = len(self.problems) - 1
-            return f"FAILED: {self.first_problem}" + (f" [+{more} more problem(s)]" if more else "")
+    def verified(self) -> str:
         latest = self.latest
         head = f"latest size {latest.size} root {base64.b64encode(latest.root).decode()}" if latest else "none"
         removed = f" ({self.removed_records} removed by retention)" if self.removed_records else ""
-        return (f"OK: {self.records} records{removed} in {self.segments} segment(s); "
+        return (f"{self.records} records{removed} in {self.segments} segment(s); "
                 f"{self.checkpoints} checkpoint(s) verified, {head}; signatures checked against {self.key_source}")
 
 
@@ -116,7 +108,7 @@ class _Verifier:
         self._stored_chunk: tuple[int, bytes] = (0, b"")
         self.frontier = Frontier()
         self.broken = False        # the rebuilt tree lost continuity: later roots cannot be checked
-        self.suspect: Problem | None = None
+        self.suspect: LogProblem | None = None
         self.matched: dict[int, bool] = {}   # checkpoint number -> root matched the records
         self.last_good = 0
         self.root_mismatch_reported = False
@@ -191,12 +183,12 @@ class _Verifier:
         at = min(trusted_size, max(self.report.records - 1, 0))
         seg, off = self._where(at)
         more = f" ({len(bad)} untrusted checkpoints in all)" if len(bad) > 1 else ""
-        self.report.problems.append(Problem(
+        self.report.problems.append(LogProblem(
             f"checkpoint #{number} (size {cp.size}) is not validly signed by {who}{more}: records from here on "
             "are not covered by a trusted checkpoint", at, seg, off))
 
     def _ckpt_problem(self, number: int, size: int | None, reason: str) -> None:
-        self.report.problems.append(Problem(reason, checkpoint=number, size=size))
+        self.report.problems.append(LogProblem(reason, checkpoint=number, size=size))
 
     # -------------------------------------------------------------- records
 
@@ -239,7 +231,7 @@ class _Verifier:
             try:
                 node = self.stored.read(level, index)
             except LookupError:
-                self.report.problems.append(Problem(
+                self.report.problems.append(LogProblem(
                     f"records {start}..{end - 1} were removed and their stored tree hashes are missing, "
                     "so later checkpoints cannot be checked", start))
                 self.broken = True
@@ -274,7 +266,7 @@ class _Verifier:
             self._inspect(idx, seg, offset, payload)
         digest = leaf_hash(payload)
         if self.suspect is None and idx < self.stored_leaves and self._stored_leaf(idx) != digest:
-            self.suspect = Problem("differs from the leaf hash logged when it was appended "
+            self.suspect = LogProblem("differs from the leaf hash logged when it was appended "
                                    "(record altered, removed, inserted or reordered)", idx, seg, offset)
         if not self.broken:
             self.frontier.append(0, digest)
@@ -311,7 +303,7 @@ class _Verifier:
         self.broken = True
 
     def _record_problem(self, idx: int, seg: str | None, offset: int | None, reason: str) -> None:
-        self.report.problems.append(Problem(reason, idx, seg, offset))
+        self.report.problems.append(LogProblem(reason, idx, seg, offset))
 
     # -------------------------------------------------------------- tree vs checkpoints
 
@@ -344,7 +336,7 @@ class _Verifier:
         if latest and total > latest.size:
             self.report.warnings.append(f"the last {total - latest.size} record(s) are not covered by a checkpoint "
                                         "yet (they will be at the next one)")
-        stored = _nonzero_leaves(self.stored)
+        stored = stored_leaves(self.stored)
         claimed = max(latest.size if latest else 0, stored)
         if claimed > total:
             seg = segments[-1].name if segments else None
@@ -381,7 +373,7 @@ class _Verifier:
             if self.matched.get(na) and self.matched.get(nb):
                 continue  # both roots were rebuilt from the same records: consistent by construction
             try:
-                tree = tree or MerkleTree(self.stored, _nonzero_leaves(self.stored))
+                tree = tree or MerkleTree(self.stored, stored_leaves(self.stored))
                 proof = tree.consistency_proof(a.size, b.size) if a.size else []
             except (LookupError, ValueError) as exc:
                 self._ckpt_problem(nb, b.size, f"cannot prove consistency with checkpoint #{na}: {exc}")
@@ -405,10 +397,3 @@ class _Verifier:
         except (SegmentError, OSError):
             pass
         return seg.name, None
-
-
-def _nonzero_leaves(files: TreeFiles) -> int:
-    n = files.count(0)
-    while n and files.read(0, n - 1) == bytes(HASH_SIZE):
-        n -= 1
-    return n

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from hashlib import sha256
 
-from gateway.evidence.log import EvidenceLog
-from gateway.evidence.merkle import Frontier
+from .log import EvidenceLog
+from .merkle import Frontier
 
 
 class TailCheck:
+    """Re-hashes, run after run, the records each new checkpoint covers (see the module docstring)."""
+
     def __init__(self, log: EvidenceLog) -> None:
         self.log = log
         self.frontier: Frontier | None = None

@@ -12,30 +12,54 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.background import every
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.evidence import EvidenceLog, TailCheck
 from gateway.incidents import signals
 from gateway.incidents.counters import MINUTE, TrafficCounters
+from gateway.incidents.sink import Detection, IncidentSink, Orders
 from gateway.oversight.confidence import resolve_pointer
+from gateway.policy import EffectiveModelPolicy, Triggers
+from gateway.recorder import Recorder
+from gateway.store import Collections, Counters, StaleWrite
 
 if TYPE_CHECKING:
-    from gateway.context import Gateway
     from gateway.proxy.exchange import Exchange
+    from gateway.review.tickets import Decision, Ticket
 
 log = logging.getLogger("gateway.monitor")
 
 DECISIONS = "decisions"
 
 
+class MonitorStore(Counters, Collections, Protocol):
+    """Counters summed across replicas, who-made-which-request facts, and given feedback."""
+
+
+class LiveLog(Protocol):
+    """The evidence log this replica writes, once it is open (the live check reads it back)."""
+
+    log: EvidenceLog | None
+
+
 class Monitor:
-    def __init__(self, gw: "Gateway") -> None:
-        self.gw = gw
-        self.counters = TrafficCounters(gw.store)
-        self.triggers = gw.policy.triggers
+    def __init__(self, store: MonitorStore, incidents: IncidentSink, recorder: Recorder, *, triggers: Triggers,
+                 policies: Mapping[str, EffectiveModelPolicy], active: Mapping[str, str],
+                 evidence: LiveLog | None) -> None:
+        self.store = store
+        self.incidents = incidents
+        self.recorder = recorder
+        self.counters = TrafficCounters(store)
+        self.triggers = triggers
+        self.policies = policies
+        self.active = active
+        self.evidence = evidence
+        self._tail_check: TailCheck | None = None
         self._stubs: dict[str, dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._tail_check = None
 
     # the request path ----------------------------------------------------------------------
     def observe(self, ex: "Exchange") -> None:
@@ -50,7 +74,7 @@ class Monitor:
         error = ex.upstream_error is not None or ex.response_status >= 500
         self.counters.answered(ex.model, ex.version, upstream_ms=ex.upstream_seconds * 1000 if ex.upstream_error is None else None,
                                error=error, unreachable=ex.upstream_error == "connect")
-        policy = self.gw.model_policy(ex.model)
+        policy = self.policies[ex.model]
         if policy.fairness is None and not policy.feedback_window:
             return
         group = predicted = None
@@ -70,21 +94,18 @@ class Monitor:
     # feedback ----------------------------------------------------------------------------
     async def feedback(self, request_id: str, caller: str, *, correct: bool | None, label: Any) -> dict[str, Any]:
         """Ground truth for one earlier answer, from the client that asked."""
-        from gateway.errors import BadRequest, Conflict, NotFound
-        from gateway.store import StaleWrite
-
         await self._flush_stubs()
-        stub = await self.gw.store.recall(DECISIONS, request_id)
+        stub = await self.store.recall(DECISIONS, request_id)
         if stub is None or stub["caller"] != caller:
             raise NotFound(f"no request {request_id!r} of {caller} within the feedback window")
-        policy = self.gw.model_policy(stub["model"])
+        policy = self.policies[stub["model"]]
         favourable = policy.fairness.favourable if policy.fairness else None
         if correct is None:
             if policy.fairness is None or stub["predicted"] is None:
                 raise BadRequest(f"model {stub['model']}'s policy names no outcome to compare a label with; send `correct`")
             correct = label == stub["predicted"]
         try:
-            await self.gw.store.insert("feedback", request_id, {"id": request_id, "caller": caller, "correct": correct,
+            await self.store.insert("feedback", request_id, {"id": request_id, "caller": caller, "correct": correct,
                                                                 "label": label, "at": time.time()})
         except StaleWrite:
             raise Conflict(f"feedback for {request_id} was already given") from None
@@ -93,17 +114,17 @@ class Monitor:
         self.counters.feedback(stub["model"], stub["version"], correct=correct, group=stub["group"],
                                label_favourable=label_favourable,
                                predicted_favourable=None if stub["predicted"] is None else stub["predicted"] == favourable)
-        await self.gw.recorder.action("feedback", actor=caller, reason="ground truth", request_id=request_id,
+        await self.recorder.action("feedback", actor=caller, reason="ground truth", request_id=request_id,
                                       model=stub["model"], version=stub["version"], correct=correct, label=label)
         return {"request_id": request_id, "model": stub["model"], "version": stub["version"], "correct": correct}
 
-    def verdict(self, ticket: dict[str, Any], decision: dict[str, Any]) -> None:
+    def verdict(self, ticket: "Ticket", decision: "Decision") -> None:
         """A reviewer's verdict is ground truth too: agree/approve right, disagree/override wrong."""
-        kind = decision.get("verdict") or decision.get("action")
+        kind = decision.outcome
         if kind in ("agree", "approve"):
-            self.counters.feedback(ticket["model"], ticket["version"], correct=True)
+            self.counters.feedback(ticket.model, ticket.version, correct=True)
         elif kind in ("disagree", "override"):
-            self.counters.feedback(ticket["model"], ticket["version"], correct=False)
+            self.counters.feedback(ticket.model, ticket.version, correct=False)
 
     # running -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -112,11 +133,8 @@ class Monitor:
             asyncio.create_task(every(self.triggers.evaluate_every, self.evaluate, "evaluating triggers", log),
                                 name="gateway-monitor-evaluate"),
         ]
-        log_ = getattr(self.gw.recorder, "log", None)
-        if log_ is not None:
-            from gateway.evidence.watch import TailCheck
-
-            self._tail_check = TailCheck(log_)
+        if self.evidence is not None and self.evidence.log is not None:
+            self._tail_check = TailCheck(self.evidence.log)
             self._tasks.append(asyncio.create_task(
                 every(self.triggers.evidence.check_every, self.check_evidence, "checking the evidence log", log),
                 name="gateway-evidence-check"))
@@ -136,26 +154,26 @@ class Monitor:
     async def _flush_stubs(self) -> None:
         if self._stubs:
             stubs, self._stubs = self._stubs, {}
-            windows = [self.gw.model_policy(s["model"]).feedback_window or 0 for s in stubs.values()]
-            await self.gw.store.remember(DECISIONS, stubs, ttl=max(windows))
+            windows = [self.policies[s["model"]].feedback_window or 0 for s in stubs.values()]
+            await self.store.remember(DECISIONS, stubs, ttl=max(windows))
 
     async def check_evidence(self) -> dict[str, Any] | None:
         problem = await asyncio.to_thread(self._tail_check.run) if self._tail_check else None
         if problem is None:
             return None
         t = self.triggers.evidence
-        return await self.gw.incidents.raise_incident(
-            category="security", trigger="evidence", severity=t.severity, model=None, version=None,
+        return (await self.incidents.raise_incident(Detection(
+            category="security", trigger="evidence", severity=t.severity,
             summary=f"the evidence log failed its live check: {problem}", values={"problem": problem},
-            raise_to=t.raise_to)
+            orders=Orders(t.raise_to)))).to_doc()
 
     # evaluating ----------------------------------------------------------------------------
     async def evaluate(self) -> list[dict[str, Any]]:
         """Check every trigger now; returns the incidents opened or added to."""
         await self.flush()
         fired: list[dict[str, Any]] = []
-        for model in self.gw.catalog.models:
-            version = self.gw.state.active.get(model)
+        for model in self.policies:
+            version = self.active.get(model)
             if version is None:
                 continue
             for check in (self._error_rate, self._latency, self._downtime, self._accuracy, self._fairness):
@@ -171,10 +189,10 @@ class Monitor:
                     window: float) -> dict[str, Any]:
         trigger = getattr(self.triggers, trigger_name)
         now = time.time()
-        return await self.gw.incidents.raise_incident(
-            category=category, trigger=trigger_name, severity=trigger.severity, model=model, version=version,
-            summary=summary, values=values, window={"since": now - window, "until": now},
-            raise_to=trigger.raise_to, rollback=trigger.rollback)
+        incident = await self.incidents.raise_incident(Detection(
+            category=category, trigger=trigger_name, severity=trigger.severity, summary=summary, model=model,
+            version=version, values=values, since=now - window, until=now, orders=Orders(trigger.raise_to, trigger.rollback)))
+        return incident.to_doc()
 
     async def _error_rate(self, model: str, version: str):
         t = self.triggers.error_rate
@@ -191,7 +209,7 @@ class Monitor:
         current = signals.p50_ms(await self.counters.traffic(model, version, t.window), min_count=t.min_requests)
         if current is None:
             return None
-        baseline = self.gw.model_policy(model).latency_baseline_ms
+        baseline = self.policies[model].latency_baseline_ms
         if baseline is None:  # learned: the hour before the window
             earlier = await self.counters.traffic(model, version, t.baseline_window, end=time.time() - t.window)
             baseline = signals.p50_ms(earlier, min_count=t.min_requests)
@@ -216,7 +234,7 @@ class Monitor:
                 {"minutes_unreachable": down}, down * MINUTE)
 
     async def _accuracy(self, model: str, version: str):
-        policy = self.gw.model_policy(model)
+        policy = self.policies[model]
         for name in ("accuracy_drop_cumulative", "accuracy_drop"):
             t = getattr(self.triggers, name)
             current = signals.accuracy(await self.counters.quality(model, version, t.window), min_samples=t.min_samples)
@@ -240,7 +258,7 @@ class Monitor:
         return None
 
     async def _fairness(self, model: str, version: str):
-        if self.gw.model_policy(model).fairness is None:
+        if self.policies[model].fairness is None:
             return None
         di, gap = self.triggers.disparate_impact, self.triggers.fnr_gap
         counts = await self.counters.quality(model, version, di.window)

@@ -13,16 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import jinja2
 
-from gateway.store import StaleWrite, StoreUnavailable
-
-if TYPE_CHECKING:
-    from gateway.context import Gateway
+from gateway.config import WebhookTarget
+from gateway.incidents.records import Incident
+from gateway.policy import Notifications
+from gateway.store import Collections, StaleWrite, StoreUnavailable
 
 log = logging.getLogger("gateway.notify")
 
@@ -34,10 +35,12 @@ CATEGORY_TEXT = {"performance": "Performance degradation", "bias": "Potential di
 
 
 class Notifier:
-    def __init__(self, gw: "Gateway") -> None:
-        self.gw = gw
-        policy = gw.policy.notifications
-        folders = [str(Path(folder) / "templates") for folder in gw.policy.folders]  # a policy's own, then its bases'
+    def __init__(self, store: Collections, targets: Sequence[WebhookTarget], policy: Notifications, *,
+                 policy_folders: Sequence[str]) -> None:
+        self.store = store
+        self.targets = list(targets)
+        self.policy = policy
+        folders = [str(Path(folder) / "templates") for folder in policy_folders]  # a policy's own, then its bases'
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(folders), autoescape=False,
                                       keep_trailing_newline=True, undefined=jinja2.ChainableUndefined)
         self.template_name = policy.template
@@ -50,7 +53,7 @@ class Notifier:
         self.env.get_template(self.template_name)
 
     async def start(self) -> None:
-        if self.gw.config.notifications:
+        if self.targets:
             self._client = httpx.AsyncClient(timeout=10.0)
             self._task = asyncio.create_task(self._send_forever(), name="gateway-notify")
 
@@ -61,43 +64,43 @@ class Notifier:
             await self._client.aclose()
 
     # writing -------------------------------------------------------------------------
-    async def enqueue(self, incident: dict[str, Any], event: str, *, note: str | None = None, by: str | None = None) -> int:
+    async def enqueue(self, incident: Incident, event: str, *, note: str | None = None, by: str | None = None) -> int:
         """Put one message per target in the outbox for this incident event; returns how many are new."""
-        targets = [t for t in self.gw.config.notifications if not t.events or event in t.events]
+        targets = [t for t in self.targets if not t.events or event in t.events]
         if not targets:
             return 0
-        sequence = sum(1 for e in incident.get("timeline", []) if e["type"] == event)
+        sequence = incident.count(event)
         text = self.render(incident, {"type": event, "note": note, "by": by})
         added = 0
         for target in targets:
-            message_id = f"{incident['id']}:{event}:{sequence}:{target.name}"
+            message_id = f"{incident.id}:{event}:{sequence}:{target.name}"
             payload = ({"text": text} if target.format == "slack"
                        else {"event": event, "incident": _public(incident), "text": text})
-            doc = {"id": message_id, "status": PENDING, "target": target.name, "incident": incident["id"], "event": event,
+            doc = {"id": message_id, "status": PENDING, "target": target.name, "incident": incident.id, "event": event,
                    "payload": payload, "attempts": 0, "created_at": time.time(), "next_at": 0.0, "lease_until": 0.0,
                    "last_error": None, "sent_at": None}
             try:
-                await self.gw.store.insert(OUTBOX, message_id, doc)
+                await self.store.insert(OUTBOX, message_id, doc)
                 added += 1
             except StaleWrite:
                 pass  # another replica queued this very message
         self._wake.set()
         return added
 
-    def render(self, incident: dict[str, Any], event: dict[str, Any]) -> str:
-        window_since = incident.get("window", {}).get("since") or incident.get("opened_at")
+    def render(self, incident: Incident, event: dict[str, Any]) -> str:
+        window_since = incident.since or incident.opened_at
         view = {
-            **incident,
-            "title": f"{CATEGORY_TEXT.get(incident['category'], 'Incident')} in {incident.get('model') or 'the gateway'}",
-            "category_text": CATEGORY_TEXT.get(incident["category"], incident["category"]),
+            **incident.to_doc(),
+            "title": f"{CATEGORY_TEXT.get(incident.category, 'Incident')} in {incident.model or 'the gateway'}",
+            "category_text": CATEGORY_TEXT.get(incident.category, incident.category),
             "window_since_text": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(window_since)) if window_since else "-",
             "scope_text": _scope(incident),
-            "values_text": sorted((k, _fmt(v)) for k, v in (incident.get("values") or {}).items()),
-            "actions": [f"{a['action']}: {a['result']}" + ("" if a["ok"] else " (FAILED)") for a in incident.get("actions", [])],
+            "values_text": sorted((k, _fmt(v)) for k, v in incident.values.items()),
+            "actions": [f"{a.action}: {a.result}" + ("" if a.ok else " (FAILED)") for a in incident.actions],
             "status_text": {"open": "Open: containment in place; an operator has not acknowledged it yet.",
-                            "acknowledged": f"Acknowledged by {incident.get('acknowledged_by')}; under investigation.",
-                            "resolved": f"Resolved by {incident.get('resolved_by')}: {incident.get('resolution')}"}
-            .get(incident["status"], incident["status"]),
+                            "acknowledged": f"Acknowledged by {incident.acknowledged_by}; under investigation.",
+                            "resolved": f"Resolved by {incident.resolved_by}: {incident.resolution}"}
+            .get(incident.status, incident.status),
         }
         return self.env.get_template(self.template_name).render(incident=view, event=event)
 
@@ -119,14 +122,14 @@ class Notifier:
     async def send_due(self) -> int:
         now = time.time()
         sent = 0
-        due = [m for m in await self.gw.store.query(OUTBOX, where={"status": PENDING}, newest_first=False, limit=100)
+        due = [m for m in await self.store.query(OUTBOX, where={"status": PENDING}, newest_first=False, limit=100)
                if m["next_at"] <= now]
-        due += [m for m in await self.gw.store.query(OUTBOX, where={"status": SENDING}, newest_first=False, limit=100)
+        due += [m for m in await self.store.query(OUTBOX, where={"status": SENDING}, newest_first=False, limit=100)
                 if m["lease_until"] < now]  # a sender died mid-send
         for message in due:
             claimed = {**message, "status": SENDING, "lease_until": now + LEASE}
             try:
-                await self.gw.store.update(OUTBOX, message["id"], claimed,
+                await self.store.update(OUTBOX, message["id"], claimed,
                                            expect={"status": message["status"], "lease_until": message["lease_until"]})
             except StaleWrite:
                 continue  # another replica took it
@@ -134,7 +137,7 @@ class Notifier:
         return sent
 
     async def _deliver(self, message: dict[str, Any]) -> int:
-        target = next((t for t in self.gw.config.notifications if t.name == message["target"]), None)
+        target = next((t for t in self.targets if t.name == message["target"]), None)
         now = time.time()
         if target is None:
             return await self._settle(message, FAILED, error=f"target {message['target']!r} is no longer configured")
@@ -147,7 +150,7 @@ class Notifier:
             error = f"{response.status_code} {response.text[:200]}"
         except httpx.HTTPError as exc:
             error = f"{exc.__class__.__name__}: {exc}"
-        policy = self.gw.policy.notifications
+        policy = self.policy
         attempts = message["attempts"] + 1
         if now - message["created_at"] > policy.give_up_after:
             log.error("giving up on notification %s after %d attempts: %s", message["id"], attempts, error)
@@ -166,19 +169,20 @@ class Notifier:
         if status == SENT:
             done["sent_at"] = time.time()
         try:
-            await self.gw.store.update(OUTBOX, message["id"], done, expect={"status": SENDING, "lease_until": message["lease_until"]})
+            await self.store.update(OUTBOX, message["id"], done, expect={"status": SENDING, "lease_until": message["lease_until"]})
         except StaleWrite:
             log.warning("notification %s changed while it was being sent", message["id"])
         return 1 if status == SENT else 0
 
 
-def _public(incident: dict[str, Any]) -> dict[str, Any]:
-    return {k: incident.get(k) for k in ("id", "status", "category", "trigger", "severity", "model", "version", "summary",
-                                         "values", "window", "opened_at", "actions", "hold")}
+def _public(incident: Incident) -> dict[str, Any]:
+    doc = incident.to_doc()
+    return {k: doc.get(k) for k in ("id", "status", "category", "trigger", "severity", "model", "version", "summary",
+                                    "values", "window", "opened_at", "actions", "hold")}
 
 
-def _scope(incident: dict[str, Any]) -> str:
-    values = incident.get("values") or {}
+def _scope(incident: Incident) -> str:
+    values = incident.values
     for key in ("requests", "decisions", "feedback", "samples"):
         if key in values:
             return f"~{int(values[key]):,} {key} in the window"

@@ -18,30 +18,27 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import VersionConfig
+from gateway.control import keys
 from gateway.errors import GatewayError
+from gateway.incidents.sink import Detection, IncidentSink, Orders
 from gateway.integrity.errors import IntegrityInputError
 from gateway.integrity.verify import VerificationReport, verify_model
 
 if TYPE_CHECKING:
-    from gateway.incidents.sink import IncidentSink
-    from gateway.recording import Recorder
-    from gateway.state import ControlState
+    from gateway.control.state import ControlState
+    from gateway.recorder import Recorder
 
 log = logging.getLogger("gateway.integrity")
 
 VERIFIED, FAILED, PENDING, UNSIGNED = "verified", "failed", "pending", "unsigned"
 
 
-def status_key(model: str, version: str) -> str:
-    return f"verify/{model}/{version}"
-
-
 class IntegrityGate:
-    def __init__(self, state: "ControlState", recorder: "Recorder", incidents: "IncidentSink", *,
-                 reverify_interval: float, serve_unsigned: bool) -> None:
+    def __init__(self, state: "ControlState", recorder: "Recorder", *, reverify_interval: float,
+                 serve_unsigned: bool) -> None:
         self.state = state
         self.recorder = recorder
-        self.incidents = incidents
+        self._sinks: list[IncidentSink] = []
         self.reverify_interval = reverify_interval
         self.serve_unsigned = serve_unsigned
         self.versions: dict[tuple[str, str], VersionConfig] = {}
@@ -49,14 +46,17 @@ class IntegrityGate:
         self.last_verified: dict[tuple[str, str], float] = {}
         self._lock = asyncio.Lock()  # one model hashes at a time
         self._loop_task: asyncio.Task[None] | None = None
-        state.add_listener(self._on_state_change)
+
+    def report_to(self, sink: IncidentSink) -> None:
+        """Where a failed verification goes: a security incident (connected by the wiring)."""
+        self._sinks.append(sink)
 
     # request path --------------------------------------------------------------------
     def check(self, model: str, version: str) -> None:
         status = self.status.get((model, version), PENDING)
         if status == VERIFIED or (status == UNSIGNED and self.serve_unsigned):
             return
-        doc = self.state.docs.get(status_key(model, version)) or {}
+        doc = self.state.doc(keys.verification(model, version)) or {}
         why = {
             PENDING: "its weights have not been verified yet",
             FAILED: "its weights failed verification: " + "; ".join(doc.get("problems", [])[:3]),
@@ -68,7 +68,7 @@ class IntegrityGate:
     # registering and verifying ---------------------------------------------------------
     def register(self, model: str, version: str, config: VersionConfig) -> None:
         self.versions[(model, version)] = config
-        doc = self.state.docs.get(status_key(model, version))
+        doc = self.state.doc(keys.verification(model, version))
         if not config.signed:
             self.status[(model, version)] = UNSIGNED
         elif doc is not None and doc.get("status") == FAILED:
@@ -110,14 +110,15 @@ class IntegrityGate:
                 serving = self.state.active.get(model) == version
                 # The policy's action (level 4 for the model) when the serving version is hit; a candidate
                 # that fails cannot serve anyway (this gate refuses it), so its incident only notifies.
-                extra = {} if serving else {"raise_to": None, "rollback": False}
-                await self.incidents.raise_incident(
+                detection = Detection(
                     category="security", trigger="integrity", severity="critical", model=model, version=version,
                     summary=f"weights of {model}/{version} do not match their signature"
                             + ("" if serving else " (not the active version)"),
                     values={"problems": outcome["problems"][:10], "root_digest": report.root_digest, "active": serving},
-                    **extra,
+                    orders=None if serving else Orders(),
                 )
+                for sink in self._sinks:
+                    await sink.raise_incident(detection)
         return result
 
     async def verify_all(self, reason: str) -> None:
@@ -128,29 +129,29 @@ class IntegrityGate:
                 log.exception("verifying %s/%s failed", model, version)
 
     async def _publish(self, model: str, version: str, outcome: dict[str, Any], actor: str, reason: str) -> dict[str, Any]:
-        doc = {**outcome, "verified_at": time.time(), "by": self.state.store.replica_id}
+        doc = {**outcome, "verified_at": time.time(), "by": self.state.replica_id}
         self.last_verified[(model, version)] = doc["verified_at"]
-        current = self.state.docs.get(status_key(model, version)) or {}
+        key = keys.verification(model, version)
+        current = self.state.doc(key) or {}
         if current.get("status") == doc["status"] and current.get("root_digest") == doc.get("root_digest"):
             self.status[(model, version)] = doc["status"]
             await self._record(model, version, doc, actor, reason)  # the same verdict again: nothing for replicas to apply
             return {**current, "verified_at": doc["verified_at"], "seconds": doc.get("seconds")}
-        await self.state.change(status_key(model, version), doc, audit={
+        await self.state.change(key, doc, audit={
             "action": "verification", "actor": actor, "reason": reason, "status": doc["status"],
             "root_digest": doc.get("root_digest"), "at": doc["verified_at"],
         })
         await self._record(model, version, doc, actor, reason)
-        return {**doc, "rev": self.state.docs[status_key(model, version)].get("rev")}
+        return {**doc, "rev": (self.state.doc(key) or {}).get("rev")}
 
     async def _record(self, model: str, version: str, doc: dict[str, Any], actor: str, reason: str) -> None:
         await self.recorder.action("verification", actor=actor, reason=reason, model=model, version=version,
                              status=doc["status"], root_digest=doc.get("root_digest"), signer=doc.get("signer"),
                              problems=doc.get("problems", [])[:10])
 
-    def _on_state_change(self, key: str, old: dict | None, new: dict) -> None:
-        if key.startswith("verify/"):
-            _, model, version = key.split("/", 2)
-            self.status[(model, version)] = new["status"]
+    def on_state_change(self, key: keys.Key, old: dict | None, new: dict) -> None:
+        if isinstance(key, keys.Verification):
+            self.status[(key.model, key.version)] = new["status"]
 
     async def _reverify_forever(self) -> None:
         await self.verify_all("start-up")
@@ -158,8 +159,12 @@ class IntegrityGate:
             await asyncio.sleep(self.reverify_interval)
             await self.verify_all("scheduled re-verification")
 
+    def root_digest(self, model: str, version: str) -> str | None:
+        """The verified root digest of a version's weights (what a decision record names)."""
+        return (self.state.doc(keys.verification(model, version)) or {}).get("root_digest")
+
     def describe(self, model: str, version: str) -> dict[str, Any]:
-        doc = self.state.docs.get(status_key(model, version)) or {}
+        doc = self.state.doc(keys.verification(model, version)) or {}
         config = self.versions.get((model, version))
         return {
             "status": self.status.get((model, version), PENDING),

@@ -8,37 +8,41 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from collections.abc import Collection
+from typing import Any, Protocol
 
+from gateway.control import keys
+from gateway.control.state import ControlState
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
-from gateway.policy import Policy
-from gateway.recording import Recorder
-from gateway.state import ControlState
-from gateway.store import StaleWrite
+from gateway.policy import Oversight
+from gateway.recorder import Recorder
+from gateway.store import AuditTrail, Collections, StaleWrite
 
 CHANGES = "level_changes"
 
 
-def level_key(model: str | None) -> str:
-    return "level/global" if model is None else f"level/model/{model}"
+class LevelStore(Collections, AuditTrail, Protocol):
+    """Pending two-person changes live in a collection; the history is the control state's audit trail."""
 
 
 class LevelControl:
-    def __init__(self, state: ControlState, policy: Policy, models: list[str], recorder: Recorder) -> None:
+    def __init__(self, state: ControlState, store: LevelStore, oversight: Oversight, models: Collection[str],
+                 recorder: Recorder) -> None:
         self.state = state
-        self.policy = policy
+        self.store = store
+        self.oversight = oversight
         self.models = models
         self.recorder = recorder
 
     def current(self, model: str | None) -> tuple[int, dict[str, Any] | None]:
-        doc = self.state.docs.get(level_key(model))
-        return (int(doc["level"]) if doc else self.policy.oversight.initial_level), doc
+        doc = self.state.doc(keys.level(model))
+        return (int(doc["level"]) if doc else self.oversight.initial_level), doc
 
     async def set_level(self, level: int, *, model: str | None, actor: str, reason: str, action: str = "set_level") -> dict[str, Any]:
         """Apply a change, or file it for a second operator when it lowers a level that is 3 or 4."""
         self._check(level, model, reason)
         previous, doc = self.current(model)
-        if level < previous and previous >= 3 and self.policy.oversight.two_person_lowering:
+        if level < previous and previous >= 3 and self.oversight.two_person_lowering:
             return await self._file_pending(level, previous, model=model, actor=actor, reason=reason)
         return await self._apply(level, previous, doc, model=model, actor=actor, reason=reason, action=action)
 
@@ -46,7 +50,7 @@ class LevelControl:
         return await self.set_level(4, model=model, actor=actor, reason=reason, action="kill")
 
     async def approve(self, change_id: str, *, actor: str, reason: str | None = None) -> dict[str, Any]:
-        change = await self.state.store.get(CHANGES, change_id)
+        change = await self.store.get(CHANGES, change_id)
         if change is None:
             raise NotFound(f"no pending level change {change_id!r}")
         if change["status"] != "pending":
@@ -59,7 +63,7 @@ class LevelControl:
             await self._close(change, "superseded", actor)
             raise Conflict(f"the level changed meanwhile (now {previous}, the request was from {change['from']}); file it again")
         try:
-            await self.state.store.update(CHANGES, change_id, {**change, "status": "approving"}, expect={"status": "pending"})
+            await self.store.update(CHANGES, change_id, {**change, "status": "approving"}, expect={"status": "pending"})
         except StaleWrite:
             raise Conflict(f"level change {change_id} was decided meanwhile") from None
         result = await self._apply(
@@ -70,7 +74,7 @@ class LevelControl:
         return result
 
     async def pending(self) -> list[dict[str, Any]]:
-        return await self.state.store.query(CHANGES, where={"status": "pending"}, limit=100)
+        return await self.store.query(CHANGES, where={"status": "pending"}, limit=100)
 
     async def describe(self) -> dict[str, Any]:
         glevel, gdoc = self.current(None)
@@ -78,7 +82,7 @@ class LevelControl:
         for name in self.models:
             own, doc = self.current(name)
             models[name] = {"level": own, "effective": self.state.level_for(name), **_who(doc)}
-        history = await self.state.store.audit_log(key_prefix="level/", limit=200)
+        history = await self.store.audit_log(key_prefix=keys.LEVELS, limit=200)
         return {
             "global": {"level": glevel, **_who(gdoc)},
             "models": models,
@@ -107,8 +111,8 @@ class LevelControl:
                 audit["approval_reason"] = approval_reason
         try:
             change, confirmation = await self.state.change(
-                level_key(model), new_doc, audit=audit, expect_rev=(doc or {}).get("rev", 0),
-                confirm_timeout=self.policy.oversight.confirm_timeout,
+                keys.level(model), new_doc, audit=audit, expect_rev=(doc or {}).get("rev", 0),
+                confirm_timeout=self.oversight.confirm_timeout,
             )
         except StaleWrite as exc:
             now_level = (exc.current or {}).get("level")
@@ -123,7 +127,7 @@ class LevelControl:
             "id": "lc_" + os.urandom(8).hex(), "status": "pending", "model": model, "from": previous, "to": level,
             "requested_by": actor, "reason": reason, "created_at": time.time(),
         }
-        await self.state.store.insert(CHANGES, change["id"], change)
+        await self.store.insert(CHANGES, change["id"], change)
         await self.recorder.action("lower_requested", actor=actor, reason=reason, model=model, level_from=previous,
                              level_to=level, change=change["id"])
         return {"scope": "global" if model is None else "model", "model": model, "level": previous, "previous": previous,
@@ -132,7 +136,7 @@ class LevelControl:
 
     async def _close(self, change: dict[str, Any], status: str, actor: str, epoch: int | None = None) -> None:
         try:
-            await self.state.store.update(CHANGES, change["id"], {**change, "status": status, "closed_by": actor,
+            await self.store.update(CHANGES, change["id"], {**change, "status": status, "closed_by": actor,
                                                                   "closed_at": time.time(), "epoch": epoch},
                                           expect={"status": change["status"]})
         except StaleWrite:

@@ -1,9 +1,17 @@
-"""What the effective level means for one request: call the model or not, hold or release, sample, record."""
+"""What the effective level means for one request: call the model or not, hold or release, sample, record.
+
+`Planner` is the request path's oversight stage: given the model, its effective level
+and the request id, it answers with a `Plan`, from the policy and the deployment's
+sampling key alone (memory only, no store round trip).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from gateway.control import keys
 from gateway.oversight.sampling import Sampler
 from gateway.policy import EffectiveModelPolicy
 
@@ -40,3 +48,25 @@ def plan_request(level: int, policy: EffectiveModelPolicy, record_from: int, req
     sampled = sampler.sampled(request_id, policy.rate_at(level))
     threshold = policy.confidence_threshold if level == 2 else None
     return Plan(level, True, False, threshold, sampled, level >= record_from or sampled, watched)
+
+
+class Planner:
+    """Plans requests with each model's effective policy and the deployment's sampling key."""
+
+    def __init__(self, policies: Mapping[str, EffectiveModelPolicy], *, record_from: int) -> None:
+        self.policies = policies
+        self.record_from = record_from
+        self.sampling_key = b""
+        self._sampler = Sampler(b"")
+
+    def use_sampling_key(self, key: bytes) -> None:
+        self.sampling_key = key
+        self._sampler = Sampler(key)
+
+    def on_state_change(self, key: keys.Key, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        """The deployment's sampling key lives in the control state, the same on every replica."""
+        if isinstance(key, keys.Sampling):
+            self.use_sampling_key(bytes.fromhex(new["key"]))
+
+    def plan(self, model: str, level: int, request_id: bytes) -> Plan:
+        return plan_request(level, self.policies[model], self.record_from, request_id, self._sampler)

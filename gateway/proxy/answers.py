@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gateway.errors import error_body
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.headers import client_response_headers
-from gateway.proxy.upstream import UpstreamResponse
+from gateway.upstream import UpstreamResponse
+
+if TYPE_CHECKING:
+    from gateway.review.tickets import Ticket
 
 _JSON = (b"content-type", b"application/json")
 
@@ -105,12 +108,12 @@ async def send_error(send, ex: Exchange, status: int, type: str, message: str, d
     await send_whole(send, ex, status, headers, error_body(type, message, ex.request_id.decode(), detail))
 
 
-async def send_pending(send, ex: Exchange, ticket: dict[str, Any], *, preference: bytes | None) -> None:
+async def send_pending(send, ex: Exchange, ticket: "Ticket", *, preference: bytes | None) -> None:
     """202 Accepted: the answer waits for a human; `Location` says where it will be."""
-    status_url = f"/v1/decisions/{ticket['id']}"
+    status_url = f"/v1/decisions/{ticket.id}"
     body = json.dumps({
-        "ticket": ticket["id"], "status": "pending", "status_url": status_url, "reason": ticket["reason"],
-        "request_id": ticket["request_id"], "expires_at": ticket["expires_at"],
+        "ticket": ticket.id, "status": "pending", "status_url": status_url, "reason": ticket.reason,
+        "request_id": ticket.request_id, "expires_at": ticket.expires_at,
     }).encode()
     headers = [_JSON, (b"location", status_url.encode()), (b"retry-after", b"5")]
     if preference:

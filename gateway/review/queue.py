@@ -1,10 +1,11 @@
-"""The review queue: tickets in the store, decisions from any replica, expiry that fails closed.
+"""The review queue: tickets in the store, decisions from any replica, deadlines that fail closed.
 
 A held request's ticket is stored before the client hears anything. A decision taken
 on any replica is announced on the store's `decisions` topic, which wakes a client
-waiting (`Prefer: wait`) on whichever replica it is connected to. Tickets not decided
-within the policy's `review.timeout` are closed with `review.on_expiry` by whichever
-replica's sweep gets there first (compare-and-set: once).
+waiting (`Prefer: wait`) on whichever replica it is connected to. A ticket not decided
+within the policy's `review.timeout` is closed with `review.on_expiry`: by whichever
+replica's sweep gets there first, or by the first decision or read that finds it past
+its deadline (compare-and-set: once). The deadline is the deadline, whenever the sweep runs.
 """
 
 from __future__ import annotations
@@ -13,34 +14,44 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Protocol
 
 from gateway.background import every
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
 from gateway.policy import Review
-from gateway.recording import NullRecorder, Recorder
-from gateway.review.tickets import DECIDED, EXPIRED, PENDING, DecisionIn
-from gateway.store import StaleWrite, Store, StoreUnavailable
+from gateway.recorder import NullRecorder, Recorder
+from gateway.review.tickets import DECIDED, EXPIRED, PENDING, Decision, DecisionIn, Ticket
+from gateway.store import Collections, StaleWrite, StoreUnavailable, Topics
 
 log = logging.getLogger("gateway.review")
 
 TICKETS = "tickets"
 DECISIONS_TOPIC = "decisions"
-SAMPLE_BATCH_SECONDS = 1.0  # samples block nobody; batching them saves a store commit (and fsync) per sample
 CREATED_TOPIC = "tickets"
+SAMPLE_BATCH_SECONDS = 1.0  # samples block nobody; batching them saves a store commit (and fsync) per sample
+
+QueueListener = Callable[[dict[str, Any]], None]
+VerdictListener = Callable[[Ticket, Decision], None]
+
+
+class TicketStore(Collections, Topics, Protocol):
+    """What the queue needs of the store: its collection of tickets, and topics between replicas."""
 
 
 class ReviewQueue:
-    def __init__(self, store: Store, review: Review, recorder: Recorder | None = None, on_verdict=None) -> None:
+    def __init__(self, store: TicketStore, review: Review, recorder: Recorder | None = None,
+                 on_verdict: VerdictListener | None = None) -> None:
         self.store = store
         self.review = review
         self.on_verdict = on_verdict  # reviewers' verdicts are ground truth for accuracy monitoring
         self.recorder: Recorder = recorder or NullRecorder()
         self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
-        self._listeners: list[Any] = []
+        self._listeners: list[QueueListener] = []
         self._sweeper: asyncio.Task[None] | None = None
-        self._unsubscribe: list[Any] = []
-        self._samples: list[dict[str, Any]] = []
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._samples: list[Ticket] = []
         self._flusher: asyncio.Task[None] | None = None
 
     # lifecycle ---------------------------------------------------------------------
@@ -60,22 +71,22 @@ class ReviewQueue:
             await self._flusher
         await self._flush_samples()
 
-    def add_listener(self, listener) -> None:
+    def add_listener(self, listener: QueueListener) -> None:
         """Called with every queue event (created, claimed, decided), e.g. for live consoles."""
         self._listeners.append(listener)
 
-    def remove_listener(self, listener) -> None:
+    def remove_listener(self, listener: QueueListener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
     # holding -----------------------------------------------------------------------
-    async def add(self, ticket: dict[str, Any]) -> dict[str, Any]:
+    async def add(self, ticket: Ticket) -> Ticket:
         """Store a new ticket durably, then announce it."""
-        await self.store.insert(TICKETS, ticket["id"], ticket)
-        await self._announce(CREATED_TOPIC, {"event": "created", "ticket": ticket["id"], "model": ticket["model"]})
+        await self.store.insert(TICKETS, ticket.id, ticket.to_doc())
+        await self._announce(CREATED_TOPIC, {"event": "created", "ticket": ticket.id, "model": ticket.model})
         return ticket
 
-    def add_sample(self, ticket: dict[str, Any]) -> None:
+    def add_sample(self, ticket: Ticket) -> None:
         """Queue a post-hoc sample; samples are stored in batches (nobody waits on them)."""
         self._samples.append(ticket)
         if self._flusher is None or self._flusher.done():
@@ -89,22 +100,23 @@ class ReviewQueue:
         while self._samples:
             batch, self._samples = self._samples[:500], self._samples[500:]
             try:
-                await self.store.insert_many(TICKETS, batch)
+                await self.store.insert_many(TICKETS, [t.to_doc() for t in batch])
             except StoreUnavailable as exc:
                 log.error("could not store %d sampled ticket(s): %s; retrying", len(batch), exc)
                 self._samples[:0] = batch
                 await asyncio.sleep(1.0)
                 continue
-            await self._announce(CREATED_TOPIC, {"event": "created", "tickets": [t["id"] for t in batch], "kind": "sample"})
+            await self._announce(CREATED_TOPIC, {"event": "created", "tickets": [t.id for t in batch], "kind": "sample"})
 
-    async def get(self, ticket_id: str) -> dict[str, Any]:
-        ticket = await self.store.get(TICKETS, ticket_id)
-        if ticket is None:
+    async def get(self, ticket_id: str) -> Ticket:
+        """The ticket as it stands; one found past its deadline is closed by the policy first."""
+        doc = await self.store.get(TICKETS, ticket_id)
+        if doc is None:
             raise NotFound(f"no ticket {ticket_id!r}")
-        return ticket
+        return await self._expire_if_due(Ticket.from_doc(doc), time.time())
 
     async def list(self, *, status: str | None = PENDING, model: str | None = None, kind: str | None = None,
-                   limit: int = 100) -> list[dict[str, Any]]:
+                   limit: int = 100) -> list[Ticket]:
         where: dict[str, Any] = {}
         if status:
             where["status"] = status
@@ -112,85 +124,80 @@ class ReviewQueue:
             where["model"] = model
         if kind:
             where["kind"] = kind
-        return await self.store.query(TICKETS, where=where, limit=limit)
+        return [Ticket.from_doc(doc) for doc in await self.store.query(TICKETS, where=where, limit=limit)]
 
     # reviewing ---------------------------------------------------------------------
-    async def claim(self, ticket_id: str, reviewer: str) -> dict[str, Any]:
+    async def claim(self, ticket_id: str, reviewer: str) -> Ticket:
         ticket = await self.get(ticket_id)
         self._require_pending(ticket)
         now = time.time()
-        holder = ticket.get("claimed_by")
-        if holder and holder != reviewer and (ticket.get("claim_until") or 0) > now:
-            raise Conflict(f"ticket {ticket_id} is claimed by {holder} until {ticket['claim_until']:.0f}",
-                           detail={"claimed_by": holder, "claim_until": ticket["claim_until"]})
-        updated = {**ticket, "claimed_by": reviewer, "claim_until": now + self.review.claim_lease}
+        holder = ticket.claimed_by_other(reviewer, now)
+        if holder:
+            raise Conflict(f"ticket {ticket_id} is claimed by {holder} until {ticket.claim_until:.0f}",
+                           detail={"claimed_by": holder, "claim_until": ticket.claim_until})
+        updated = replace(ticket, claimed_by=reviewer, claim_until=now + self.review.claim_lease)
         await self._replace(ticket, updated)
         await self._announce(CREATED_TOPIC, {"event": "claimed", "ticket": ticket_id, "by": reviewer})
         return updated
 
-    async def release(self, ticket_id: str, reviewer: str, *, force: bool = False) -> dict[str, Any]:
+    async def release(self, ticket_id: str, reviewer: str, *, force: bool = False) -> Ticket:
         ticket = await self.get(ticket_id)
         self._require_pending(ticket)
-        if ticket.get("claimed_by") not in (None, reviewer) and not force:
-            raise Conflict(f"ticket {ticket_id} is claimed by {ticket['claimed_by']}, not by {reviewer}")
-        updated = {**ticket, "claimed_by": None, "claim_until": None}
+        if ticket.claimed_by not in (None, reviewer) and not force:
+            raise Conflict(f"ticket {ticket_id} is claimed by {ticket.claimed_by}, not by {reviewer}")
+        updated = replace(ticket, claimed_by=None, claim_until=None)
         await self._replace(ticket, updated)
         await self._announce(CREATED_TOPIC, {"event": "released", "ticket": ticket_id, "by": reviewer})
         return updated
 
-    async def decide(self, ticket_id: str, reviewer: str, decision: DecisionIn) -> dict[str, Any]:
+    async def decide(self, ticket_id: str, reviewer: str, decision_in: DecisionIn) -> Ticket:
         """Close a ticket with a reviewer's decision. Final: a second decision gets 409."""
         ticket = await self.get(ticket_id)
         self._require_pending(ticket)
-        if ticket["caller"] == reviewer:
-            raise Forbidden(f"{reviewer} made request {ticket['request_id']} and cannot also review it")
-        holder = ticket.get("claimed_by")
-        if holder and holder != reviewer and (ticket.get("claim_until") or 0) > time.time():
+        if ticket.caller == reviewer:
+            raise Forbidden(f"{reviewer} made request {ticket.request_id} and cannot also review it")
+        holder = ticket.claimed_by_other(reviewer, time.time())
+        if holder:
             raise Conflict(f"ticket {ticket_id} is claimed by {holder}", detail={"claimed_by": holder})
-        if ticket["kind"] == "sample":
-            if decision.verdict is None:
+        if ticket.kind == "sample":
+            if decision_in.verdict is None:
                 raise BadRequest("a sampled ticket takes a `verdict`: agree or disagree (the answer was already served)")
         else:
-            if decision.action is None:
+            if decision_in.action is None:
                 raise BadRequest("a held ticket takes an `action`: approve, override or reject")
-            if decision.action == "approve" and ticket.get("recommendation") is None:
+            if decision_in.action == "approve" and ticket.recommendation is None:
                 raise BadRequest("there is no model answer to approve (the model was not called): override or reject")
-        record = {"by": reviewer, "at": time.time(), "note": decision.note}
-        if decision.verdict is not None:
-            record["verdict"] = decision.verdict
-        else:
-            record["action"] = decision.action
-            if decision.action == "override":
-                record["response"] = decision.response
-                record["status"] = decision.status
-        updated = {**ticket, "status": DECIDED, "decision": record}
+        decision = decision_in.by(reviewer, time.time())
+        updated = ticket.closed(DECIDED, decision)
         await self._replace(ticket, updated)
         if self.on_verdict is not None:
-            self.on_verdict(ticket, record)
+            self.on_verdict(ticket, decision)
+        outcome = {k: v for k, v in decision.to_doc().items() if k not in ("by", "at", "note")}
         await self.recorder.action(
             "review_decision", actor=reviewer, reason=decision.note or "(no note)",
-            ticket=ticket_id, request_id=ticket["request_id"], model=ticket["model"], version=ticket["version"],
-            decision={k: v for k, v in record.items() if k not in ("by", "at", "note")},
+            ticket=ticket_id, request_id=ticket.request_id, model=ticket.model, version=ticket.version, decision=outcome,
         )
         await self._announce(DECISIONS_TOPIC, {"event": "decided", "ticket": ticket_id})
         return updated
 
     # waiting -----------------------------------------------------------------------
-    async def wait(self, ticket_id: str, timeout: float) -> dict[str, Any] | None:
-        """The closed ticket, if a decision comes within `timeout` seconds; else None."""
+    async def wait(self, ticket_id: str, timeout: float) -> Ticket | None:
+        """The closed ticket, if a decision (or its deadline) comes within `timeout` seconds; else None."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._waiters[ticket_id].append(fut)
         try:
             ticket = await self.get(ticket_id)
-            if ticket["status"] != PENDING:
+            if not ticket.pending:
                 return ticket
+            if ticket.expires_at is not None:
+                timeout = min(timeout, max(0.0, ticket.expires_at - time.time()) + 0.01)
             try:
                 await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:
-                return None
+                pass
             ticket = await self.get(ticket_id)
-            return ticket if ticket["status"] != PENDING else None
+            return None if ticket.pending else ticket
         finally:
             waiters = self._waiters.get(ticket_id)
             if waiters is not None:
@@ -217,45 +224,45 @@ class ReviewQueue:
         """Close every pending held or human ticket past its deadline with `on_expiry`."""
         now = time.time() if now is None else now
         closed = 0
-        for ticket in await self.store.query(TICKETS, where={"status": PENDING}, newest_first=False, limit=500):
-            deadline = ticket.get("expires_at")
-            if deadline is None or deadline > now:
-                continue
-            action = self.review.on_expiry
-            if action == "release" and ticket.get("recommendation") is None:
-                action = "reject"  # nothing to release: the model was never asked
-            updated = {
-                **ticket,
-                "status": EXPIRED,
-                "decision": {"action": action, "by": "policy:on_expiry", "at": now,
-                             "note": f"not decided within {self.review.timeout:g}s"},
-            }
-            try:
-                await self._replace(ticket, updated)
-            except Conflict:
-                continue  # decided or expired elsewhere meanwhile
-            closed += 1
-            await self.recorder.action("review_expiry", actor="policy:on_expiry", reason=updated["decision"]["note"],
-                                 ticket=ticket["id"], request_id=ticket["request_id"], model=ticket["model"], decision={"action": action})
-            await self._announce(DECISIONS_TOPIC, {"event": "expired", "ticket": ticket["id"]})
+        for doc in await self.store.query(TICKETS, where={"status": PENDING}, newest_first=False, limit=500):
+            ticket = Ticket.from_doc(doc)
+            if (await self._expire_if_due(ticket, now)) is not ticket:
+                closed += 1
         return closed
 
-    # helpers -----------------------------------------------------------------------
-    def _require_pending(self, ticket: dict[str, Any]) -> None:
-        if ticket["status"] != PENDING:
-            decision = ticket.get("decision") or {}
-            raise Conflict(
-                f"ticket {ticket['id']} is already {ticket['status']} (by {decision.get('by')})",
-                detail={"status": ticket["status"]},
-            )
-
-    async def _replace(self, current: dict[str, Any], updated: dict[str, Any]) -> None:
+    async def _expire_if_due(self, ticket: Ticket, now: float) -> Ticket:
+        """`ticket` closed with the policy's `on_expiry` if it is pending past its deadline (else `ticket`)."""
+        if not ticket.pending or ticket.expires_at is None or ticket.expires_at > now:
+            return ticket
+        action = self.review.on_expiry
+        if action == "release" and ticket.recommendation is None:
+            action = "reject"  # nothing to release: the model was never asked
+        decision = Decision("policy:on_expiry", now, f"not decided within {self.review.timeout:g}s", action=action)
+        expired = ticket.closed(EXPIRED, decision)
         try:
-            await self.store.update(TICKETS, current["id"], updated,
-                                    expect={"status": current["status"], "claimed_by": current.get("claimed_by")})
+            await self._replace(ticket, expired)
+        except Conflict:  # decided or expired elsewhere meanwhile: that is the outcome
+            doc = await self.store.get(TICKETS, ticket.id)
+            return Ticket.from_doc(doc) if doc else ticket
+        await self.recorder.action("review_expiry", actor=decision.by, reason=decision.note, ticket=ticket.id,
+                                   request_id=ticket.request_id, model=ticket.model, decision={"action": action})
+        await self._announce(DECISIONS_TOPIC, {"event": "expired", "ticket": ticket.id})
+        return expired
+
+    # helpers -----------------------------------------------------------------------
+    @staticmethod
+    def _require_pending(ticket: Ticket) -> None:
+        if not ticket.pending:
+            by = ticket.decision.by if ticket.decision else None
+            raise Conflict(f"ticket {ticket.id} is already {ticket.status} (by {by})", detail={"status": ticket.status})
+
+    async def _replace(self, current: Ticket, updated: Ticket) -> None:
+        try:
+            await self.store.update(TICKETS, current.id, updated.to_doc(),
+                                    expect={"status": current.status, "claimed_by": current.claimed_by})
         except StaleWrite as exc:
             now = exc.current or {}
-            raise Conflict(f"ticket {current['id']} changed meanwhile (now {now.get('status')}, claimed by {now.get('claimed_by')})",
+            raise Conflict(f"ticket {current.id} changed meanwhile (now {now.get('status')}, claimed by {now.get('claimed_by')})",
                            detail={"status": now.get("status")}) from None
 
     async def _announce(self, topic: str, message: dict[str, Any]) -> None:

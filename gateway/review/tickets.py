@@ -1,21 +1,25 @@
-"""Ticket documents: what a reviewer sees and what a decision turns into for the client.
+"""Tickets: what a reviewer sees, and what a decision turns into for the client.
 
-A ticket is stored whole (request, the model's recommendation, confidence, why it was
-held) so a reviewer on any replica, or after a restart, has everything to decide.
+A ticket holds everything needed to decide (the request, the model's recommendation,
+its confidence, why it was held), so a reviewer on any replica, or after a restart, can
+decide it. Tickets are frozen values; `Ticket.to_doc` and `Ticket.from_doc` convert them
+at the store boundary, where bodies travel as text (or base64 when they are not text).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import time
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.evidence import pack_body, unpack_body
 from gateway.ids import random_hex
 
 Kind = Literal["hold", "human", "sample"]
+Pair = tuple[str, str]
 
 PENDING, DECIDED, EXPIRED = "pending", "decided", "expired"
 
@@ -24,62 +28,147 @@ def new_ticket_id() -> str:
     return "tk_" + random_hex(10)
 
 
-def pack_body(body: bytes) -> dict[str, str]:
-    """Bodies as text when they are text (readable in the console), else base64."""
-    try:
-        return {"body": body.decode("utf-8"), "body_encoding": "utf-8"}
-    except UnicodeDecodeError:
-        return {"body": base64.b64encode(body).decode(), "body_encoding": "base64"}
+def _pairs(headers: Any) -> tuple[Pair, ...]:
+    return tuple((str(k), str(v)) for k, v in headers or ())
 
 
-def unpack_body(part: dict[str, Any]) -> bytes:
-    if part.get("body_encoding") == "base64":
-        return base64.b64decode(part["body"])
-    return str(part.get("body", "")).encode("utf-8")
+@dataclass(frozen=True, slots=True)
+class HeldRequest:
+    """The request as the reviewer sees it (secret headers already redacted)."""
+
+    method: str
+    path: str
+    headers: tuple[Pair, ...]
+    body: bytes
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"method": self.method, "path": self.path, "headers": [list(h) for h in self.headers], **pack_body(self.body)}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "HeldRequest":
+        return cls(doc.get("method", ""), doc.get("path", ""), _pairs(doc.get("headers")), unpack_body(doc))
 
 
-def capture_headers(headers: list[tuple[bytes, bytes]], redact: tuple[str, ...]) -> list[list[str]]:
-    """Headers as text pairs, with secrets replaced: tokens never reach a ticket or a record."""
-    redacted = {name.encode() for name in redact}
-    return [[k.decode("latin-1"), "[redacted]" if k in redacted else v.decode("latin-1")] for k, v in headers]
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """The model's answer, which a human approves, overrides or rejects (or judges afterwards)."""
+
+    status: int
+    headers: tuple[Pair, ...]
+    body: bytes
+    truncated: bool = False
+
+    @classmethod
+    def of(cls, status: int, headers: list[tuple[bytes, bytes]], body: bytes, truncated: bool = False) -> "Recommendation":
+        return cls(status, tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers), body, truncated)
+
+    def wire_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers if k.lower() != "content-length"]
+
+    def to_doc(self) -> dict[str, Any]:
+        doc = {"status": self.status, "headers": [list(h) for h in self.headers], **pack_body(self.body)}
+        if self.truncated:
+            doc["truncated"] = True
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "Recommendation":
+        return cls(int(doc["status"]), _pairs(doc.get("headers")), unpack_body(doc), bool(doc.get("truncated")))
 
 
-def make_ticket(
-    *,
-    kind: Kind,
-    request_id: str,
-    caller: str,
-    model: str,
-    version: str,
-    level: int,
-    reason: str,
-    request: dict[str, Any],
-    recommendation: dict[str, Any] | None,
-    confidence: float | None,
-    timeout: float | None,
-    policy_version: str,
-) -> dict[str, Any]:
-    now = time.time()
-    return {
-        "id": new_ticket_id(),
-        "kind": kind,
-        "status": PENDING,
-        "request_id": request_id,
-        "caller": caller,
-        "model": model,
-        "version": version,
-        "level": level,
-        "reason": reason,
-        "created_at": now,
-        "expires_at": now + timeout if timeout is not None else None,
-        "request": request,
-        "recommendation": recommendation,
-        "confidence": confidence,
-        "claimed_by": None,
-        "claim_until": None,
-        "decision": None,
-        "policy_version": policy_version,
-    }
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """How a ticket was closed: a reviewer's action or verdict, or the policy's expiry."""
+
+    by: str
+    at: float
+    note: str = ""
+    action: str | None = None  # approve, override, reject; release or reject on expiry
+    verdict: str | None = None  # agree, disagree (samples)
+    response: Any = None  # override: the answer the client receives
+    status: int | None = None  # override: its HTTP status
+
+    @property
+    def outcome(self) -> str:
+        return self.verdict or self.action or ""
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"by": self.by, "at": self.at, "note": self.note}
+        if self.verdict is not None:
+            doc["verdict"] = self.verdict
+        else:
+            doc["action"] = self.action
+        if self.action == "override":
+            doc["response"], doc["status"] = self.response, self.status
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "Decision":
+        return cls(str(doc.get("by", "")), float(doc.get("at") or 0), doc.get("note") or "", doc.get("action"),
+                   doc.get("verdict"), doc.get("response"), doc.get("status"))
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    id: str
+    kind: Kind
+    status: str
+    request_id: str
+    caller: str
+    model: str
+    version: str
+    level: int
+    reason: str
+    created_at: float
+    expires_at: float | None
+    request: HeldRequest
+    recommendation: Recommendation | None
+    confidence: float | None
+    policy_version: str
+    claimed_by: str | None = None
+    claim_until: float | None = None
+    decision: Decision | None = None
+
+    @classmethod
+    def new(cls, *, kind: Kind, request_id: str, caller: str, model: str, version: str, level: int, reason: str,
+            request: HeldRequest, recommendation: Recommendation | None, confidence: float | None,
+            timeout: float | None, policy_version: str) -> "Ticket":
+        now = time.time()
+        return cls(new_ticket_id(), kind, PENDING, request_id, caller, model, version, level, reason, now,
+                   now + timeout if timeout is not None else None, request, recommendation, confidence, policy_version)
+
+    @property
+    def pending(self) -> bool:
+        return self.status == PENDING
+
+    def claimed_by_other(self, reviewer: str, now: float) -> str | None:
+        """Who else holds a live claim on this ticket, if anyone."""
+        holder = self.claimed_by
+        return holder if holder and holder != reviewer and (self.claim_until or 0) > now else None
+
+    def closed(self, status: str, decision: Decision) -> "Ticket":
+        return replace(self, status=status, decision=decision)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "kind": self.kind, "status": self.status, "request_id": self.request_id, "caller": self.caller,
+            "model": self.model, "version": self.version, "level": self.level, "reason": self.reason,
+            "created_at": self.created_at, "expires_at": self.expires_at, "request": self.request.to_doc(),
+            "recommendation": self.recommendation.to_doc() if self.recommendation else None,
+            "confidence": self.confidence, "claimed_by": self.claimed_by, "claim_until": self.claim_until,
+            "decision": self.decision.to_doc() if self.decision else None, "policy_version": self.policy_version,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "Ticket":
+        rec, decision = doc.get("recommendation"), doc.get("decision")
+        return cls(
+            doc["id"], doc["kind"], doc["status"], doc["request_id"], doc["caller"], doc["model"], doc["version"],
+            int(doc["level"]), doc["reason"], float(doc["created_at"]), doc.get("expires_at"),
+            HeldRequest.from_doc(doc.get("request") or {}), Recommendation.from_doc(rec) if rec else None,
+            doc.get("confidence"), doc.get("policy_version", ""), doc.get("claimed_by"), doc.get("claim_until"),
+            Decision.from_doc(decision) if decision else None,
+        )
 
 
 class DecisionIn(BaseModel):
@@ -102,40 +191,43 @@ class DecisionIn(BaseModel):
             raise ValueError("`response` goes only with action override")
         return self
 
+    def by(self, reviewer: str, at: float) -> Decision:
+        if self.verdict is not None:
+            return Decision(reviewer, at, self.note, verdict=self.verdict)
+        override = self.action == "override"
+        return Decision(reviewer, at, self.note, action=self.action, response=self.response if override else None,
+                        status=self.status if override else None)
 
-def final_answer(ticket: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+
+def final_answer(ticket: Ticket) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """What the client receives once a held or human ticket is closed."""
-    decision = ticket.get("decision") or {}
-    action = decision.get("action")
-    recommendation = ticket.get("recommendation")
+    decision = ticket.decision or Decision("", 0.0)
+    action = decision.action
     decided = [
         (b"x-decision", str(action).encode()),
-        (b"x-decided-by", str(decision.get("by", "")).encode("latin-1", "replace")),
-        (b"x-ticket", ticket["id"].encode()),
+        (b"x-decided-by", decision.by.encode("latin-1", "replace")),
+        (b"x-ticket", ticket.id.encode()),
     ]
-    if action in ("approve", "release") and recommendation is not None:
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in recommendation.get("headers", [])
-                   if k.lower() not in ("content-length",)]
-        return recommendation["status"], headers + decided, unpack_body(recommendation)
+    if action in ("approve", "release") and ticket.recommendation is not None:
+        return ticket.recommendation.status, ticket.recommendation.wire_headers() + decided, ticket.recommendation.body
     if action == "override":
-        body = json.dumps(decision.get("response")).encode()
-        return decision.get("status", 200), [(b"content-type", b"application/json")] + decided, body
-    kind = "expired" if ticket["status"] == EXPIRED else "rejected"
-    note = decision.get("note") or ""
+        body = json.dumps(decision.response).encode()
+        return decision.status or 200, [(b"content-type", b"application/json")] + decided, body
+    kind = "expired" if ticket.status == EXPIRED else "rejected"
     message = (
         f"no reviewer decided within the review timeout; closed as {action} (policy on_expiry)"
         if kind == "expired"
-        else f"a reviewer rejected this request{': ' + note if note else ''}"
+        else f"a reviewer rejected this request{': ' + decision.note if decision.note else ''}"
     )
-    error = {"error": {"type": kind, "message": message, "request_id": ticket["request_id"], "ticket": ticket["id"]}}
+    error = {"error": {"type": kind, "message": message, "request_id": ticket.request_id, "ticket": ticket.id}}
     return 403, [(b"content-type", b"application/json")] + decided, json.dumps(error).encode()
 
 
-def public_view(ticket: dict[str, Any]) -> dict[str, Any]:
+def public_view(ticket: Ticket) -> dict[str, Any]:
     """A ticket as the review API shows it."""
-    view = dict(ticket)
+    view = ticket.to_doc()
     now = time.time()
-    view["age_seconds"] = round(now - ticket["created_at"], 3)
-    if ticket.get("claim_until") and ticket["claim_until"] < now:
+    view["age_seconds"] = round(now - ticket.created_at, 3)
+    if ticket.claim_until and ticket.claim_until < now:
         view["claimed_by"], view["claim_until"] = None, None
     return view

@@ -1,12 +1,26 @@
-"""State store: `Store` is the interface; `embedded` and `redis` are its backends."""
+"""State store: the interfaces in `base`; `embedded` (SQLite) and `redis` are the backends."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.store.base import Change, Confirmation, Snapshot, StaleWrite, Store, StoreUnavailable
+from gateway.store.base import (
+    AuditTrail,
+    Change,
+    Collections,
+    Confirmation,
+    ControlStore,
+    Counters,
+    Resync,
+    Snapshot,
+    StaleWrite,
+    Store,
+    StoreUnavailable,
+    Topics,
+)
 
-__all__ = ["Change", "Confirmation", "Snapshot", "StaleWrite", "Store", "StoreUnavailable", "make_store"]
+__all__ = ["AuditTrail", "Change", "Collections", "Confirmation", "ControlStore", "Counters", "Resync", "Snapshot",
+           "StaleWrite", "Store", "StoreUnavailable", "Topics", "make_store"]
 
 
 def make_store(url: str, data_dir: Path, *, liveness: float = 2.0) -> Store:

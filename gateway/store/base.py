@@ -1,25 +1,27 @@
-"""The state store: one interface, two backends (embedded SQLite, Redis).
+"""The state store: what it keeps, as the narrow interfaces its users need.
 
-What it keeps:
-- **control state**: small documents (levels, active versions, verification status),
-  each stamped with the store-wide `epoch` at which it last changed (`rev`). Every replica
-  mirrors all of it in memory; the store pushes each change to every replica.
-- **collections**: larger, request-driven documents (review tickets, incidents, pending
+Four concerns, one Protocol each, so every component asks only for what it uses:
+- `ControlStore` — **control state**: small documents (levels, active versions,
+  verification verdicts), each stamped with the store-wide `epoch` at which it last
+  changed (`rev`), pushed to every replica; plus **replica liveness**, so a change can
+  answer only once every live replica obeys it. Only the mirror (`gateway.control.state`)
+  uses it; `AuditTrail` is its read-only history.
+- `Collections` — larger, request-driven documents (review tickets, incidents, pending
   changes, the notification outbox) read on demand, updated with compare-and-set.
-- **replica liveness**: which gateway processes are alive and which epoch each applied,
-  so a change can answer only once every live replica obeys it.
-- **topics**: small messages between replicas (a ticket decided, a ticket created).
+- `Counters` — time-bucketed counters and short-lived facts that expire.
+- `Topics` — small messages between replicas (a ticket decided, a ticket created).
 
-Backends differ only in reach: embedded serves one process, Redis any number.
+`Store` is all four: what a backend implements, and what `tests/store/` checks each
+backend against. Backends differ only in reach: embedded serves one process, Redis any
+number.
 """
 
 from __future__ import annotations
 
 import abc
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -38,9 +40,16 @@ class StaleWrite(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Change:
+    """A control document as it was written at `epoch`."""
+
     epoch: int
     key: str
     doc: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """The backend lost and regained its feed: changes may have been missed, read everything again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,49 +77,40 @@ class Confirmation:
         return out
 
 
-ChangeListener = Callable[[Change], None]
+ChangeListener = Callable[[Change | Resync], None]
 TopicListener = Callable[[dict[str, Any]], None]
 
 
-class Store(abc.ABC):
-    """The contract both backends meet; `tests/store/` runs one suite against each."""
+class AuditTrail(Protocol):
+    @abc.abstractmethod
+    async def audit_log(self, *, key_prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit entries of control changes, newest first, each with `epoch` and `key`."""
 
+
+class ControlStore(AuditTrail, Protocol):
     replica_id: str
     shared: bool  # True when several processes share this store
 
-    # lifecycle -----------------------------------------------------------------
     @abc.abstractmethod
     async def open(self, on_change: ChangeListener) -> Snapshot:
-        """Connect, start pushing changes to `on_change`, and return the current state."""
+        """Connect, start pushing changes (and `Resync` after a lost feed) to `on_change`, return the state."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...
 
-    # control state --------------------------------------------------------------
     @abc.abstractmethod
     async def snapshot(self) -> Snapshot:
         """All control documents and the epoch they are consistent at (one atomic read)."""
 
     @abc.abstractmethod
-    async def put(
-        self,
-        key: str,
-        doc: dict[str, Any],
-        *,
-        expect_rev: int | None = None,
-        audit: dict[str, Any] | None = None,
-    ) -> Change:
+    async def put(self, key: str, doc: dict[str, Any], *, expect_rev: int | None = None,
+                  audit: dict[str, Any] | None = None) -> Change:
         """Set `key` atomically: bump the epoch, stamp `rev`, append `audit`, notify replicas.
 
         With `expect_rev`, the write happens only if the current document's `rev` equals it
         (0: the key must not exist); otherwise `StaleWrite` carries the current document.
         """
 
-    @abc.abstractmethod
-    async def audit_log(self, *, key_prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Audit entries of control changes, newest first, each with `epoch` and `key`."""
-
-    # replicas -------------------------------------------------------------------
     @abc.abstractmethod
     async def confirm(self, applied_epoch: int) -> int:
         """Heartbeat: mark this replica alive at `applied_epoch`; return the store's epoch."""
@@ -123,7 +123,8 @@ class Store(abc.ABC):
     async def wait_applied(self, epoch: int, timeout: float) -> Confirmation:
         """Wait until every live replica applied `epoch`, or `timeout` passes."""
 
-    # collections ----------------------------------------------------------------
+
+class Collections(Protocol):
     @abc.abstractmethod
     async def insert(self, coll: str, id: str, doc: dict[str, Any]) -> None:
         """Add a document; `StaleWrite` if the id exists."""
@@ -140,9 +141,8 @@ class Store(abc.ABC):
         """Replace a document if each field in `expect` still has that value, else `StaleWrite`."""
 
     @abc.abstractmethod
-    async def query(
-        self, coll: str, *, where: dict[str, Any] | None = None, limit: int = 100, newest_first: bool = True
-    ) -> list[dict[str, Any]]:
+    async def query(self, coll: str, *, where: dict[str, Any] | None = None, limit: int = 100,
+                    newest_first: bool = True) -> list[dict[str, Any]]:
         """Documents whose fields equal `where`, ordered by insertion.
 
         A document's `status` field is indexed: `where={"status": ...}` reads only the
@@ -152,7 +152,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete(self, coll: str, id: str) -> None: ...
 
-    # counters and short-lived facts ----------------------------------------------
+
+class Counters(Protocol):
     @abc.abstractmethod
     async def add_counts(self, counts: dict[str, dict[str, float]], ttl: float) -> None:
         """Add to counters (key -> field -> amount) in one round trip; a key lives `ttl` seconds after its last add.
@@ -167,12 +168,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def remember(self, coll: str, items: dict[str, dict[str, Any]], ttl: float) -> None:
-        """Keep small documents for `ttl` seconds, written in one round trip (e.g. who made which request)."""
+        """Keep small documents for `ttl` seconds (sub-second allowed), written in one round trip."""
 
     @abc.abstractmethod
     async def recall(self, coll: str, id: str) -> dict[str, Any] | None: ...
 
-    # topics ---------------------------------------------------------------------
+
+class Topics(Protocol):
     @abc.abstractmethod
     async def publish(self, topic: str, message: dict[str, Any]) -> None: ...
 
@@ -181,13 +183,10 @@ class Store(abc.ABC):
         """Call `listener` for each message on `topic` (from any replica); returns an unsubscribe."""
 
 
-def now() -> float:
-    return time.time()
+class Store(ControlStore, Collections, Counters, Topics, Protocol):
+    """Everything a backend provides; components take the narrow Protocols above."""
 
 
 def dumps(doc: dict[str, Any]) -> str:
     """Documents as compact JSON with sorted keys, the same bytes on both backends."""
     return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
-
-
-OnChange = Callable[[Change], Awaitable[None] | None]

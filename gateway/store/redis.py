@@ -34,6 +34,7 @@ from gateway.store.base import (
     Change,
     ChangeListener,
     Confirmation,
+    Resync,
     Snapshot,
     StaleWrite,
     Store,
@@ -166,7 +167,7 @@ class RedisStore(Store):
                 await pubsub.psubscribe(self._k("t:*"))
                 self._subscribed.set()
                 if delay > 0.05 and self._on_change is not None:
-                    self._on_change(Change(-1, "", {}))  # reconnected: ask the mirror to resync
+                    self._on_change(Resync())  # reconnected: whatever was published meanwhile is lost
                 delay = 0.05
                 while True:
                     message = await pubsub.get_message(timeout=None)
@@ -200,11 +201,8 @@ class RedisStore(Store):
 
     # control state --------------------------------------------------------------
     async def snapshot(self) -> Snapshot:
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                epoch, docs = await pipe.get(self._k("epoch")).hgetall(self._k("state")).execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis at {self.url}: {exc}") from None
+        async with self._redis.pipeline(transaction=True) as pipe:
+            epoch, docs = await self._call(pipe.get(self._k("epoch")).hgetall(self._k("state")).execute())
         return Snapshot(int(epoch or 0), {k.decode(): json.loads(v) for k, v in docs.items()})
 
     async def put(
@@ -218,10 +216,7 @@ class RedisStore(Store):
         doc = {k: v for k, v in doc.items() if k != "rev"}
         args = [key, dumps(doc), "" if expect_rev is None else str(expect_rev), "" if audit is None else dumps(audit)]
         keys = [self._k("state"), self._k("epoch"), self._k("audit"), self._k("changes")]
-        try:
-            result = await self._put(keys=keys, args=args)
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis at {self.url}: {exc}") from None
+        result = await self._call(self._put(keys=keys, args=args))
         if result[0] == 0:
             raise StaleWrite(json.loads(result[1]) if result[1] else None)
         return Change(int(result[0]), key, json.loads(result[1]))
@@ -229,46 +224,37 @@ class RedisStore(Store):
     async def audit_log(self, *, key_prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         end, step = -1, 500
-        try:
-            while len(out) < limit:
-                batch = await self._redis.lrange(self._k("audit"), end - step + 1, end)
-                if not batch:
-                    break
-                for raw in reversed(batch):
-                    entry = json.loads(raw)
-                    if not key_prefix or entry["key"].startswith(key_prefix):
-                        out.append(entry)
-                        if len(out) >= limit:
-                            break
-                if len(batch) < step:
-                    break
-                end -= step
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis at {self.url}: {exc}") from None
+        while len(out) < limit:
+            batch = await self._call(self._redis.lrange(self._k("audit"), end - step + 1, end))
+            if not batch:
+                break
+            for raw in reversed(batch):
+                entry = json.loads(raw)
+                if not key_prefix or entry["key"].startswith(key_prefix):
+                    out.append(entry)
+                    if len(out) >= limit:
+                        break
+            if len(batch) < step:
+                break
+            end -= step
         return out
 
     # replicas -------------------------------------------------------------------
     async def confirm(self, applied_epoch: int) -> int:
         now_ms = int(time.time() * 1000)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(self._k("replicas"), {self.replica_id: now_ms})
-                pipe.hset(self._k("applied"), self.replica_id, applied_epoch)
-                pipe.get(self._k("epoch"))
-                pipe.zremrangebyscore(self._k("replicas"), 0, now_ms - 3_600_000)
-                result = await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis at {self.url}: {exc}") from None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._k("replicas"), {self.replica_id: now_ms})
+            pipe.hset(self._k("applied"), self.replica_id, applied_epoch)
+            pipe.get(self._k("epoch"))
+            pipe.zremrangebyscore(self._k("replicas"), 0, now_ms - 3_600_000)
+            result = await self._call(pipe.execute())
         return int(result[2] or 0)
 
     async def report_applied(self, epoch: int) -> None:
         if epoch > self._acked.get(self.replica_id, 0):
             self._acked[self.replica_id] = epoch
             self._ack_event.set()
-        try:
-            await self._redis.publish(self._k("acks"), f"{self.replica_id} {epoch}")
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis at {self.url}: {exc}") from None
+        await self._call(self._redis.publish(self._k("acks"), f"{self.replica_id} {epoch}"))
 
     async def _live_replicas(self) -> list[str]:
         since = int((time.time() - self.liveness) * 1000)
@@ -277,13 +263,10 @@ class RedisStore(Store):
 
     async def wait_applied(self, epoch: int, timeout: float) -> Confirmation:
         deadline = time.monotonic() + timeout
-        try:
-            replicas = await self._live_replicas()
-            if self.replica_id not in replicas:
-                replicas.append(self.replica_id)
-            stored = await self._redis.hmget(self._k("applied"), replicas)
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis at {self.url}: {exc}") from None
+        replicas = await self._call(self._live_replicas())
+        if self.replica_id not in replicas:
+            replicas.append(self.replica_id)
+        stored = await self._call(self._redis.hmget(self._k("applied"), replicas))
         for rid, value in zip(replicas, stored):
             if value is not None and int(value) > self._acked.get(rid, 0):
                 self._acked[rid] = int(value)
@@ -361,7 +344,7 @@ class RedisStore(Store):
             for key, fields in counts.items():
                 for name, amount in fields.items():
                     pipe.hincrbyfloat(self._k(f"n:{key}"), name, amount)
-                pipe.expire(self._k(f"n:{key}"), max(1, int(ttl)))
+                pipe.pexpire(self._k(f"n:{key}"), _ms(ttl))
             await self._call(pipe.execute())
 
     async def read_counts(self, keys: list[str]) -> dict[str, dict[str, float]]:
@@ -376,7 +359,7 @@ class RedisStore(Store):
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for id, doc in items.items():
-                pipe.set(self._k(f"m:{coll}:{id}"), dumps(doc), ex=max(1, int(ttl)))
+                pipe.set(self._k(f"m:{coll}:{id}"), dumps(doc), px=_ms(ttl))
             await self._call(pipe.execute())
 
     async def recall(self, coll: str, id: str) -> dict[str, Any] | None:
@@ -402,6 +385,11 @@ class RedisStore(Store):
             return await awaitable
         except RedisError as exc:
             raise StoreUnavailable(f"Redis at {self.url}: {exc}") from None
+
+
+def _ms(seconds: float) -> int:
+    """A TTL in milliseconds (PEXPIRE, SET PX): sub-second lifetimes mean what they say."""
+    return max(1, int(seconds * 1000))
 
 
 async def _quietly(awaitable: Any) -> None:

@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.config import VersionConfig
+from gateway.catalog import Catalog
+from gateway.config import ModelConfig, VersionConfig
 from gateway.configfile import ConfigError, describe_errors, interpolate
+from gateway.control import keys
+from gateway.control.state import ControlState
 from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.integrity.gate import IntegrityGate
+from gateway.recorder import Recorder
 from gateway.store import StaleWrite
 
-if TYPE_CHECKING:
-    from gateway.context import Gateway
-
 log = logging.getLogger("gateway.versions")
-
-PREFIX = "version/"
-
-
-def version_key(model: str, version: str) -> str:
-    return f"{PREFIX}{model}/{version}"
 
 
 def public_spec(config: VersionConfig) -> dict[str, Any]:
@@ -39,40 +36,47 @@ def public_spec(config: VersionConfig) -> dict[str, Any]:
 
 
 class Registry:
-    def __init__(self, gw: "Gateway") -> None:
-        self.gw = gw
-        gw.state.add_listener(self._on_state_change)
+    def __init__(self, state: ControlState, catalog: Catalog, integrity: IntegrityGate, recorder: Recorder, *,
+                 configured: Mapping[str, ModelConfig], confirm_timeout: float,
+                 spawn: Callable[[Coroutine[Any, Any, Any]], None]) -> None:
+        self.state = state
+        self.catalog = catalog
+        self.integrity = integrity
+        self.recorder = recorder
+        self.configured = configured
+        self.confirm_timeout = confirm_timeout
+        self.spawn = spawn
 
     async def seed_from_config(self) -> None:
         """Record the config's versions, so the history shows every version that ever served."""
-        for model, mc in self.gw.config.models.items():
+        for model, mc in self.configured.items():
             for version, vc in mc.versions.items():
-                key = version_key(model, version)
+                key = keys.registration(model, version)
                 doc = {"spec": public_spec(vc), "source": "config", "added_at": time.time(), "added_by": "config",
                        "reason": "listed in the config"}
-                current = self.gw.state.docs.get(key)
+                current = self.state.doc(key)
                 if current is not None and current.get("spec") == doc["spec"]:
                     continue
                 try:
-                    await self.gw.state.change(key, doc, expect_rev=(current or {}).get("rev", 0), confirm_timeout=0.0,
+                    await self.state.change(key, doc, expect_rev=(current or {}).get("rev", 0), confirm_timeout=0.0,
                                                audit={"action": "register", "actor": "config", "reason": doc["reason"],
                                                       "model": model, "version": version})
                 except StaleWrite:
                     pass  # another replica registered it meanwhile
 
     async def add(self, model: str, version: str, raw_spec: dict[str, Any], *, actor: str, reason: str) -> dict[str, Any]:
-        if model not in self.gw.catalog.models:
-            raise NotFound(f"unknown model {model!r}; known models: {', '.join(sorted(self.gw.catalog.models))}")
+        if model not in self.catalog.models:
+            raise NotFound(f"unknown model {model!r}; known models: {', '.join(sorted(self.catalog.models))}")
         spec = self._validate(raw_spec)
-        key = version_key(model, version)
+        key = keys.registration(model, version)
         doc = {"spec": raw_spec, "source": "api", "added_at": time.time(), "added_by": actor, "reason": reason}
         try:
-            await self.gw.state.change(key, doc, expect_rev=0, confirm_timeout=self.gw.policy.oversight.confirm_timeout,
+            await self.state.change(key, doc, expect_rev=0, confirm_timeout=self.confirm_timeout,
                                        audit={"action": "register", "actor": actor, "reason": reason,
                                               "model": model, "version": version})
         except StaleWrite:
             raise Conflict(f"model {model} already has a version {version!r}; versions are never replaced") from None
-        await self.gw.recorder.action("register_version", actor=actor, reason=reason, model=model, version=version,
+        await self.recorder.action("register_version", actor=actor, reason=reason, model=model, version=version,
                                       spec=public_spec(spec))
         return {"model": model, "version": version, **self.describe(model, version)}
 
@@ -90,38 +94,44 @@ class Registry:
         except ValidationError as exc:
             raise BadRequest("; ".join(describe_errors(exc))) from None
 
-    def _on_state_change(self, key: str, old: dict | None, new: dict) -> None:
+    def on_state_change(self, key: keys.Key, old: dict | None, new: dict) -> None:
         """A version added at run time (on any replica) becomes routable here."""
-        if not key.startswith(PREFIX) or new.get("source") != "api":
+        if not isinstance(key, keys.Registration) or new.get("source") != "api":
             return
-        model, version = key[len(PREFIX):].split("/", 1)
-        if version in self.gw.catalog.models.get(model, _NONE).versions:
+        model, version = key.model, key.version
+        if version in self.catalog.models.get(model, _NONE).versions:
             return
         try:
             config = self._validate(new["spec"])
         except (BadRequest, ConfigError) as exc:
             log.error("cannot route to version %s/%s here: %s", model, version, getattr(exc, "message", exc))
             return
-        self.gw.catalog.add_version(model, version, config)
-        self.gw.integrity.register(model, version, config)
-        self.gw.schedule(self.gw.integrity.verify(model, version, reason="registered"))
+        self.catalog.add_version(model, version, config)
+        self.integrity.register(model, version, config)
+        self.spawn(self.integrity.verify(model, version, reason="registered"))
 
     def describe(self, model: str, version: str) -> dict[str, Any]:
-        doc = self.gw.state.docs.get(version_key(model, version)) or {}
-        route = self.gw.catalog.models.get(model, _NONE).versions.get(version)
+        doc = self.state.doc(keys.registration(model, version)) or {}
+        route = self.catalog.models.get(model, _NONE).versions.get(version)
         return {
             "upstream": route.upstream if route else None,
-            "active": self.gw.state.active.get(model) == version,
+            "active": self.state.active.get(model) == version,
             "source": doc.get("source"),
             "added_at": doc.get("added_at"),
             "added_by": doc.get("added_by"),
-            **self.gw.integrity.describe(model, version),
+            **self.integrity.describe(model, version),
         }
 
+    def models(self) -> list[str]:
+        return list(self.catalog.models)
+
+    def active(self, model: str) -> str | None:
+        return self.state.active.get(model)
+
     def versions(self, model: str) -> dict[str, dict[str, Any]]:
-        if model not in self.gw.catalog.models:
+        if model not in self.catalog.models:
             raise NotFound(f"unknown model {model!r}")
-        return {version: self.describe(model, version) for version in self.gw.catalog.models[model].versions}
+        return {version: self.describe(model, version) for version in self.catalog.models[model].versions}
 
 
 class _NoModel:

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from gateway.models import VersionRoute, upstream_ssl_context
+from gateway.catalog import VersionRoute, upstream_ssl_context
 
 
 @dataclass(frozen=True)

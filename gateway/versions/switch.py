@@ -7,39 +7,64 @@ of the state being left is recorded as evidence, and the active pointer moves wi
 compare-and-set: of two concurrent switches exactly one wins. The call answers once every
 live replica serves the new version; a request already running finishes on the version
 it started with.
+
+A plain rollback goes back, never forward again: it picks the most recently active
+version that passes its checks, skipping any version a rollback already left (until an
+operator activates that version again).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
+from gateway.catalog import Catalog
+from gateway.config import VersionConfig
+from gateway.control import keys
+from gateway.control.state import ControlState
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.integrity.gate import FAILED, UNSIGNED, VERIFIED
-from gateway.proxy.upstream import UpstreamError
-from gateway.store import StaleWrite
+from gateway.policy import SmokeTest
+from gateway.upstream import UpstreamError
+from gateway.recorder import Recorder
+from gateway.store import AuditTrail, StaleWrite
 from gateway.versions.smoke import load_dataset, run_smoke
-
-if TYPE_CHECKING:
-    from gateway.context import Gateway
+from gateway.versions.snapshot import Snapshots
 
 
 class CheckFailed(Conflict):
     type = "check_failed"
 
 
+class Verifier(Protocol):
+    """What a switch needs of the integrity gate: a fresh verification, and each version's config."""
+
+    serve_unsigned: bool
+    versions: dict[tuple[str, str], VersionConfig]
+
+    async def verify(self, model: str, version: str, *, actor: str = ..., reason: str = ...) -> dict[str, Any]: ...
+
+
 class Switcher:
-    def __init__(self, gw: "Gateway") -> None:
-        self.gw = gw
+    def __init__(self, state: ControlState, catalog: Catalog, verifier: Verifier, audit: AuditTrail, recorder: Recorder,
+                 snapshots: Snapshots, *, confirm_timeout: float, smoke: Mapping[str, SmokeTest | None]) -> None:
+        self.state = state
+        self.catalog = catalog
+        self.verifier = verifier
+        self.audit = audit
+        self.recorder = recorder
+        self.snapshots = snapshots
+        self.confirm_timeout = confirm_timeout
+        self.smoke = smoke
 
     async def activate(self, model: str, version: str, *, actor: str, reason: str, action: str = "activate") -> dict[str, Any]:
         self._require(model, reason)
-        current_doc = self.gw.state.docs.get(f"active/{model}") or {}
+        current_doc = self.state.doc(keys.active(model)) or {}  # read before the checks: the compare-and-set is against it
         current = current_doc.get("version")
-        if version not in self.gw.catalog.models[model].versions:
-            raise NotFound(f"model {model} has no version {version!r}; versions: {', '.join(self.gw.catalog.models[model].versions)}")
+        if version not in self.catalog.models[model].versions:
+            raise NotFound(f"model {model} has no version {version!r}; versions: {', '.join(self.catalog.models[model].versions)}")
         if version == current:
             raise Conflict(f"{model} {version} is already active", detail={"active": current})
         checks = await self.run_checks(model, version)
@@ -50,20 +75,20 @@ class Switcher:
         return await self._switch(model, current, current_doc, version, actor=actor, reason=reason, action=action, checks=checks)
 
     async def rollback(self, model: str, *, to: str | None, actor: str, reason: str) -> dict[str, Any]:
-        """To `to`, or to the most recent previously active version that still passes every check."""
+        """To `to`, or to the most recent earlier version that still passes every check."""
         self._require(model, reason)
         if to is not None:
             return await self.activate(model, to, actor=actor, reason=reason, action="rollback")
-        current = self.gw.state.active.get(model)
+        current_doc = self.state.doc(keys.active(model)) or {}  # read before the checks: the compare-and-set is against it
+        current = current_doc.get("version")
         tried: list[dict[str, Any]] = []
-        for candidate in await self.previously_active(model):
-            if candidate == current or candidate not in self.gw.catalog.models[model].versions:
+        for candidate in await self.rollback_candidates(model):
+            if candidate == current or candidate not in self.catalog.models[model].versions:
                 continue
             checks = await self.run_checks(model, candidate)
             if all(c["ok"] for c in checks):
-                doc = self.gw.state.docs.get(f"active/{model}") or {}
-                return await self._switch(model, current, doc, candidate, actor=actor, reason=reason, action="rollback",
-                                          checks=checks, skipped=tried)
+                return await self._switch(model, current, current_doc, candidate, actor=actor, reason=reason,
+                                          action="rollback", checks=checks, skipped=tried)
             tried.append({"version": candidate, "checks": checks})
         raise Conflict(f"{model} has no earlier version that passes its checks; nothing changed",
                        detail={"active": current, "tried": tried})
@@ -71,20 +96,33 @@ class Switcher:
     async def previously_active(self, model: str) -> list[str]:
         """Versions that were active before, most recent first, each once."""
         seen: list[str] = []
-        for entry in await self.gw.store.audit_log(key_prefix=f"active/{model}", limit=1000):
+        for entry in await self.history(model):
             for name in (entry.get("from"), entry.get("to"), entry.get("version")):
                 if name and name not in seen:
                     seen.append(name)
         return seen
 
+    async def rollback_candidates(self, model: str) -> list[str]:
+        """Previously active versions, most recent first, minus those a rollback left and nobody activated since."""
+        left: set[str] = set()
+        activated_since: set[str] = set()
+        for entry in await self.history(model):  # newest first
+            if entry.get("action") == "rollback" and entry.get("from") and entry["from"] not in activated_since:
+                left.add(entry["from"])
+            elif entry.get("action") == "activate" and entry.get("to"):
+                activated_since.add(entry["to"])
+        return [v for v in await self.previously_active(model) if v not in left]
+
     async def history(self, model: str) -> list[dict[str, Any]]:
-        return await self.gw.store.audit_log(key_prefix=f"active/{model}", limit=1000)
+        return await self.audit.audit_log(key_prefix=keys.active(model), limit=1000)
+
+    def snapshot(self, model: str, version: str | None) -> dict[str, Any]:
+        return self.snapshots.snapshot(model, version)
 
     # checks ------------------------------------------------------------------------
     async def run_checks(self, model: str, version: str) -> list[dict[str, Any]]:
         checks: list[dict[str, Any]] = [{"check": "exists", "ok": True, "detail": f"{model} {version} is registered"}]
-        steps = (self._verifies, self._answers, self._smoke)
-        for step in steps:
+        for step in (self._verifies, self._answers, self._smoke):
             result = await step(model, version)
             if result is None:
                 continue
@@ -95,9 +133,9 @@ class Switcher:
 
     async def _verifies(self, model: str, version: str) -> dict[str, Any]:
         started = time.monotonic()
-        verdict = await self.gw.integrity.verify(model, version, actor="pre-switch check", reason="pre-switch check")
+        verdict = await self.verifier.verify(model, version, actor="pre-switch check", reason="pre-switch check")
         status = verdict["status"]
-        ok = status == VERIFIED or (status == UNSIGNED and self.gw.integrity.serve_unsigned)
+        ok = status == VERIFIED or (status == UNSIGNED and self.verifier.serve_unsigned)
         detail = {VERIFIED: f"files match their signature (root digest {verdict.get('root_digest')})",
                   UNSIGNED: "unsigned; the policy serves unsigned versions" if ok else "unsigned; the policy requires signatures",
                   FAILED: "; ".join(verdict.get("problems", [])[:5]) or "verification failed"}.get(status, status)
@@ -106,8 +144,8 @@ class Switcher:
 
     async def _answers(self, model: str, version: str) -> dict[str, Any]:
         """Asked over the same connection pool the version's traffic will use."""
-        route = self.gw.catalog.models[model].versions[version]
-        config = self.gw.integrity.versions.get((model, version))
+        route = self.catalog.models[model].versions[version]
+        config = self.verifier.versions.get((model, version))
         path = (config.health_path if config else "/").encode()
         started = time.monotonic()
         try:
@@ -120,15 +158,15 @@ class Switcher:
                 "detail": f"{route.upstream} answered {response.status}"}
 
     async def _smoke(self, model: str, version: str) -> dict[str, Any] | None:
-        smoke = self.gw.model_policy(model).smoke
+        smoke = self.smoke.get(model)
         if smoke is None:
             return None
         try:
             cases = load_dataset(smoke.dataset)
         except (OSError, ValueError) as exc:
             return {"check": "smoke", "ok": False, "detail": f"cannot read the smoke dataset: {exc}"}
-        route = self.gw.catalog.models[model].versions[version]
-        config = self.gw.integrity.versions.get((model, version))
+        route = self.catalog.models[model].versions[version]
+        config = self.verifier.versions.get((model, version))
         result = await run_smoke(route, config.tls if config else None, cases)
         ok = result.rate >= smoke.min_pass_rate
         return {"check": "smoke", "ok": ok, "passed": result.passed, "total": result.total, "rate": round(result.rate, 4),
@@ -138,57 +176,33 @@ class Switcher:
     # the switch --------------------------------------------------------------------
     async def _switch(self, model: str, current: str | None, current_doc: dict[str, Any], target: str, *, actor: str,
                       reason: str, action: str, checks: list[dict[str, Any]], skipped: list | None = None) -> dict[str, Any]:
-        snapshot = self.snapshot(model, current)
-        snapshot_record = await self.gw.recorder.action("snapshot_before_switch", actor=actor, reason=reason, model=model,
-                                                        version=current, target=target, snapshot=snapshot)
+        snapshot_record = await self.recorder.action("snapshot_before_switch", actor=actor, reason=reason, model=model,
+                                                     version=current, target=target,
+                                                     snapshot=self.snapshots.snapshot(model, current))
         now = time.time()
         doc = {"version": target, "actor": actor, "reason": reason, "at": now}
         audit = {"action": action, "actor": actor, "reason": reason, "from": current, "to": target, "at": now,
                  "checks": [{k: v for k, v in c.items() if k in ("check", "ok", "detail")} for c in checks],
                  "snapshot_record": snapshot_record}
         try:
-            change, confirmation = await self.gw.state.change(
-                f"active/{model}", doc, audit=audit, expect_rev=current_doc.get("rev", 0),
-                confirm_timeout=self.gw.policy.oversight.confirm_timeout,
-            )
+            change, confirmation = await self.state.change(keys.active(model), doc, audit=audit,
+                                                           expect_rev=current_doc.get("rev", 0),
+                                                           confirm_timeout=self.confirm_timeout)
         except StaleWrite as exc:
             now_active = (exc.current or {}).get("version")
-            await self.gw.recorder.action("switch_refused", actor=actor, reason=reason, model=model, target=target,
-                                          why=f"another switch won (now {now_active})")
+            await self.recorder.action("switch_refused", actor=actor, reason=reason, model=model, target=target,
+                                       why=f"another switch won (now {now_active})")
             raise Conflict(f"another switch of {model} won meanwhile: {now_active} is active; nothing changed",
                            detail={"active": now_active}) from None
-        await self.gw.recorder.action(action, actor=actor, reason=reason, model=model, version_from=current, version_to=target,
-                                      epoch=change.epoch, checks=audit["checks"])
+        await self.recorder.action(action, actor=actor, reason=reason, model=model, version_from=current, version_to=target,
+                                   epoch=change.epoch, checks=audit["checks"])
         result = {"model": model, "action": action, "from": current, "to": target, "checks": checks, **confirmation.as_dict()}
         if skipped:
             result["skipped"] = skipped
         return result
 
-    def snapshot(self, model: str, version: str | None) -> dict[str, Any]:
-        """The state being left: what served, how well, under which rules."""
-        gw = self.gw
-        verdict = gw.state.docs.get(f"verify/{model}/{version}") or {}
-        return {
-            "version": version,
-            "root_digest": verdict.get("root_digest"),
-            "verification": verdict.get("status"),
-            "levels": {"global": gw.state.global_level, "model": gw.state.model_levels.get(model), "effective": gw.state.level_for(model)},
-            "config_sha256": _file_digest(gw.config.source),
-            "policy": {"version": gw.policy.version, "digest": gw.policy.digest},
-            "traffic": gw.metrics.summary(model, version) if version else {},
-            "recent_requests": list(gw.dataplane.recent.get((model, version), ())) if gw.dataplane and version else [],
-            "replica": gw.store.replica_id,
-        }
-
     def _require(self, model: str, reason: str) -> None:
-        if model not in self.gw.catalog.models:
-            raise NotFound(f"unknown model {model!r}; known models: {', '.join(sorted(self.gw.catalog.models))}")
+        if model not in self.catalog.models:
+            raise NotFound(f"unknown model {model!r}; known models: {', '.join(sorted(self.catalog.models))}")
         if not reason or not reason.strip():
             raise BadRequest("a reason is required for every switch")
-
-
-def _file_digest(path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path else None
-    except OSError:
-        return None

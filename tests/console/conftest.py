@@ -67,5 +67,5 @@ async def signed_in(browser, gw, who: str, *, width: int = 1280, height: int = 8
 
 
 def console_state(gw):
-    """The console's per-gateway state (sessions, the event hub) inside the running app."""
-    return gw.server.config.app.control.state.console
+    """The console's per-gateway state (sessions, the event hub) inside the running gateway."""
+    return gw.gateway

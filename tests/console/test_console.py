@@ -11,7 +11,8 @@ import time
 import pytest
 from playwright.async_api import expect
 
-from gateway.review.tickets import unpack_body
+from gateway.evidence import unpack_body
+from gateway.review.tickets import public_view
 from tests.console.conftest import APPLICANT, console_state, signed_in
 from tests.support import TOKENS, auth, eventually
 
@@ -47,7 +48,7 @@ async def test_a_held_request_appears_in_the_queue_without_a_reload(make_gateway
             held = await _hold(gw)
             row = page.locator(f'tr[data-ticket="{held["ticket"]}"]')
             await expect(row).to_be_visible(timeout=5000)
-            ticket = await gw.gateway.review.get(held["ticket"])
+            ticket = public_view(await gw.gateway.review.get(held["ticket"]))
             await expect(row.locator('td[data-label="Model"]')).to_contain_text("demo v1")
             await expect(row.locator('td[data-label="Level"]')).to_have_text("3")
             await expect(row.locator('td[data-label="Why held"]')).to_have_text(ticket["reason"])
@@ -88,7 +89,7 @@ async def test_a_reviewer_approves_and_the_waiting_client_gets_the_answer(make_g
             ticket_id = await row.get_attribute("data-ticket")
             await row.get_by_role("link", name=ticket_id).click()
             await expect(page.get_by_role("heading", name=f"Ticket {ticket_id}")).to_be_visible()
-            ticket = await gw.gateway.review.get(ticket_id)
+            ticket = public_view(await gw.gateway.review.get(ticket_id))
             recommendation = unpack_body(ticket["recommendation"])
             await expect(page.get_by_label("Model's answer")).to_contain_text(json.loads(recommendation)["decision"])
 
@@ -104,7 +105,7 @@ async def test_a_reviewer_approves_and_the_waiting_client_gets_the_answer(make_g
             assert answer.content == recommendation  # the model's answer, byte for byte
             assert (answer.headers["x-decision"], answer.headers["x-decided-by"]) == ("approve", "test-reviewer")
             assert answer.headers["x-oversight-route"] == "held"
-            decided = await gw.gateway.review.get(ticket_id)
+            decided = public_view(await gw.gateway.review.get(ticket_id))
             assert decided["decision"]["note"] == "income verified against the file"
 
 
@@ -116,7 +117,7 @@ async def test_an_override_body_edited_in_the_console_is_what_the_client_gets(ma
             await page.goto(f"/console/review/{held['ticket']}")
             box = page.get_by_label("Override answer")
             prefilled = json.loads(await box.input_value())
-            assert prefilled == json.loads(unpack_body((await gw.gateway.review.get(held["ticket"]))["recommendation"]))
+            assert prefilled == json.loads(unpack_body(public_view(await gw.gateway.review.get(held["ticket"]))["recommendation"]))
 
             edited = {**prefilled, "decision": "deny", "reason": "income could not be verified", "reviewed": True}
             await box.fill(json.dumps(edited, indent=2))
@@ -137,7 +138,7 @@ async def test_an_override_body_edited_in_the_console_is_what_the_client_gets(ma
             await page.get_by_label("Override answer").fill("{not json")
             await page.get_by_role("button", name="Override").click()
             await expect(page.locator("#outcome")).to_contain_text("not valid JSON")
-            assert (await gw.gateway.review.get(another["ticket"]))["status"] == "pending"
+            assert public_view(await gw.gateway.review.get(another["ticket"]))["status"] == "pending"
 
 
 async def test_the_kill_switch_from_the_dashboard_stops_model_calls(make_gateway, browser, demo):
@@ -229,7 +230,7 @@ async def test_a_reviewer_cannot_reach_operator_actions(make_gateway, browser):
         assert gw.gateway.state.global_level == 0
         assert gw.gateway.state.active["demo"] == "v1"
         assert (await gw.gateway.levels.pending())[0]["status"] == "pending"
-        assert (await gw.gateway.incidents.get(incident["id"]))["status"] == "open"
+        assert (await gw.gateway.incidents.get(incident["id"])).to_doc()["status"] == "open"
         assert not [e for e in await gw.gateway.store.audit_log(limit=100) if e.get("actor") == "test-reviewer"]
 
 
@@ -402,7 +403,7 @@ async def test_screenshots_and_narrow_screens(tmp_path, demo, browser, screensho
         async with signed_in(browser, gw, "operator") as page:
             credit = page.locator('[data-model="credit"]')
             await expect(credit.locator("[data-effective]")).to_have_attribute("data-effective", "3")
-            waiting = await gw.gateway.review.list(status="pending", model="credit")  # 3 held, and any 2 % samples
+            waiting = [public_view(t) for t in await gw.gateway.review.list(status="pending", model="credit")]  # 3 held, and any 2 % samples
             assert sum(t["kind"] == "hold" for t in waiting) == 3
             await expect(credit).to_contain_text(f"{len(waiting)} waiting")
             await expect(credit).to_contain_text("v2")

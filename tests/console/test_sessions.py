@@ -10,7 +10,7 @@ import pytest
 
 from gateway.app import GatewayApp
 from gateway.console import session as console_session
-from gateway.context import Gateway
+from gateway.wiring import Gateway
 from tests.console.conftest import APPLICANT, console_state
 from tests.support import TOKENS, auth, eventually, gateway_factory, write_config
 

@@ -117,12 +117,29 @@ def test_console_script_subprocess(tmp_path: Path, vector_copy: Path) -> None:
     assert bad.returncode == 1 and "changed  README.md" in bad.stdout and "Traceback" not in bad.stderr
 
 
+CI_SCRIPT = REPO / "scripts" / "ci-verify-model.sh"
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _ci_job(*args: str, path: str) -> subprocess.CompletedProcess:
+    """The script as a CI job runs it: an environment with the gateway installed, its bin on PATH, nothing else."""
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run([str(CI_SCRIPT), *args], capture_output=True, text=True, timeout=60, env={**env, "PATH": path},
+                          cwd=Path(_gateway_script()).parent)
+
+
 def test_ci_script_fails_the_pipeline_on_an_invalid_model(vector_copy: Path) -> None:
-    script = REPO / "scripts" / "ci-verify-model.sh"
-    ok = subprocess.run([str(script), str(vector_copy), str(VECTOR_SIG), str(VECTOR_PUB)], capture_output=True, text=True, timeout=60)
+    job_path = f"{Path(_gateway_script()).parent}:{SYSTEM_PATH}"
+    ok = _ci_job(str(vector_copy), str(VECTOR_SIG), str(VECTOR_PUB), path=job_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     (vector_copy / "config.json").write_text("{}")
-    bad = subprocess.run([str(script), str(vector_copy), str(VECTOR_SIG), str(VECTOR_PUB)], capture_output=True, text=True, timeout=60)
+    bad = _ci_job(str(vector_copy), str(VECTOR_SIG), str(VECTOR_PUB), path=job_path)
     assert bad.returncode == 1 and "config.json" in bad.stdout
-    usage = subprocess.run([str(script)], capture_output=True, text=True, timeout=60)
+    usage = _ci_job(path=job_path)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_ci_script_without_an_installed_gateway_says_how_to_install_one(vector_copy: Path) -> None:
+    missing = _ci_job(str(vector_copy), str(VECTOR_SIG), str(VECTOR_PUB), path=SYSTEM_PATH)
+    assert missing.returncode == 2 and "pip install oversight-gateway" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -278,7 +278,7 @@ async def test_a_defect_still_answers_with_the_json_error_shape(gw, monkeypatch)
     def broken(model, level, request_id):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(gw.gateway, "plan", broken)
+    monkeypatch.setattr(gw.gateway.planner, "plan", broken)
     r = await gw.client.post("/models/demo/predict", json={"applicant": {"id": "x"}}, headers=auth("client"))
     error = _error(r, 500, "internal")
     assert "a bug" not in error["message"] and "Traceback" not in r.text

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from gateway.proxy.upstream import UpstreamError, UpstreamPool
+from gateway.upstream import UpstreamError, UpstreamPool
 from tests.proxy.echo import EchoUpstream
 
 

@@ -175,8 +175,8 @@ async def test_counts_add_up_across_writers_and_expire(store):
     counts = await store.read_counts(["demo|v1|100", "demo|v1|160", "demo|v1|220"])
     assert counts == {"demo|v1|100": {"requests": 7, "errors": 1, "latency_sum": 0.25}, "demo|v1|160": {"requests": 2},
                       "demo|v1|220": {}}
-    await store.add_counts({"short": {"n": 1}}, ttl=1)
-    await asyncio.sleep(2.1)
+    await store.add_counts({"short": {"n": 1}}, ttl=0.2)
+    await asyncio.sleep(0.3)
     assert (await store.read_counts(["short"]))["short"] == {}
 
 
@@ -184,6 +184,6 @@ async def test_remembered_facts_are_recalled_until_they_expire(store):
     await store.remember("decisions", {"r1": {"caller": "c1", "group": "A"}, "r2": {"caller": "c2"}}, ttl=60)
     assert await store.recall("decisions", "r1") == {"caller": "c1", "group": "A"}
     assert await store.recall("decisions", "nope") is None
-    await store.remember("decisions", {"r3": {"caller": "c3"}}, ttl=1)
-    await asyncio.sleep(2.1)
+    await store.remember("decisions", {"r3": {"caller": "c3"}}, ttl=0.2)
+    await asyncio.sleep(0.3)
     assert await store.recall("decisions", "r3") is None

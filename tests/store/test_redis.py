@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.store import Change
+from gateway.store import Change, Resync
 from gateway.store.redis import RedisStore
 from tests.support import eventually
 
@@ -72,9 +72,9 @@ async def test_the_subscription_comes_back_after_redis_restarts(own_redis):
         own_redis.stop()
         await asyncio.sleep(0.2)
         own_redis.start()
-        await eventually(lambda: _async(any(c.epoch == -1 for c in seen)), timeout=10)
+        await eventually(lambda: _async(any(isinstance(c, Resync) for c in seen)), timeout=10)
         change = await store.put("level/global", {"level": 2})
-        await eventually(lambda: _async(any(c.epoch == change.epoch for c in seen)), timeout=5)
+        await eventually(lambda: _async(any(isinstance(c, Change) and c.epoch == change.epoch for c in seen)), timeout=5)
     finally:
         await store.close()
 

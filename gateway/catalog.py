@@ -11,7 +11,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from gateway.config import Config, Timeouts, UpstreamTls, VersionConfig
-from gateway.proxy.upstream import UpstreamPool
+from gateway.upstream import UpstreamPool
 
 
 @dataclass(slots=True)

@@ -8,37 +8,45 @@ first start beside the data (the log also keeps every public key that signed it)
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Config, decode_key
-from gateway.evidence.crypto import generate_signing_key, load_signing_key, write_keypair
-from gateway.evidence.log import EvidenceLog
-from gateway.evidence.records import action_record
-from gateway.evidence.recovery import EvidenceLogError
+from gateway.config import EvidenceConfig, decode_key
+from gateway.evidence import EvidenceLog, EvidenceLogError, LogInUse, generate_signing_key, load_signing_key, write_keypair
 from gateway.policy import Evidence
 
 log = logging.getLogger("gateway.evidence")
 
+SLOTS = 64
+
+
+def action_record(kind: str, actor: str, reason: str, details: dict[str, Any]) -> dict[str, Any]:
+    """A control action: a level change, a kill, a switch, a review decision, a verification."""
+    return {"kind": "action", "action": kind, "time": time.time(), "actor": actor, "reason": reason,
+            **{k: v for k, v in details.items() if v is not None}}
+
 
 class EvidenceRecorder:
-    def __init__(self, config: Config, policy: Evidence) -> None:
+    def __init__(self, config: EvidenceConfig, policy: Evidence, *, data_dir: Path) -> None:
         self.config = config
         self.policy = policy
+        self.data_dir = data_dir
         self.log: EvidenceLog | None = None
         self.directory: Path | None = None
         self.signing_key = None
 
     # lifecycle (blocking: run on a worker thread) -------------------------------------
     def open(self) -> None:
-        ev = self.config.evidence
-        base = ev.directory or self.config.data_dir / "evidence"
+        ev = self.config
+        base = ev.directory or self.data_dir / "evidence"
         base.mkdir(parents=True, exist_ok=True)
         signing = self.signing_key = self._signing_key()
         encryption = self._encryption_key()
         previous = {kid: decode_key(value) for kid, value in ev.previous_keys.items()}
-        for slot in range(64):
+        for slot in range(SLOTS):
             directory = base / f"replica-{slot}"
             try:
                 self.log = EvidenceLog.open(
@@ -46,10 +54,8 @@ class EvidenceRecorder:
                     decryption_keys=previous or None, fsync_interval=self.policy.fsync_interval,
                     checkpoint_every=self.policy.checkpoint_every, checkpoint_seconds=self.policy.checkpoint_interval,
                 )
-            except EvidenceLogError as exc:
-                if "open in another process" in str(exc):
-                    continue
-                raise
+            except LogInUse:
+                continue  # another replica on this data folder writes that slot
             self.directory = directory
             log.info("evidence log open", extra={"directory": str(directory), "origin": self.log.origin,
                                                   "records": self.log.size, "encrypted": encryption is not None})
@@ -60,19 +66,39 @@ class EvidenceRecorder:
         if self.log is not None:
             self.log.close()
 
+    async def retain_forever(self) -> None:
+        """Apply the retention at start and then hourly: whole segments, never a held one."""
+        while True:
+            try:
+                removed = await asyncio.to_thread(self._log().apply_retention, time.time(), self.policy.retention)
+                if removed:
+                    log.info("evidence retention removed %d segment(s)", len(removed))
+            except Exception:
+                log.exception("evidence retention failed")
+            await asyncio.sleep(3600)
+
+    def set_legal_hold(self, hold_id: str, since: float | None, until: float | None, reason: str, actor: str) -> int:
+        """Keep the records of a window past retention (blocking: run on a worker thread)."""
+        return self._log().set_legal_hold(hold_id, since, until, reason, actor)
+
+    def _log(self) -> EvidenceLog:
+        if self.log is None:
+            raise EvidenceLogError("the evidence log is not open")
+        return self.log
+
     def _signing_key(self):
-        ev = self.config.evidence
+        ev = self.config
         if ev.signing_key is not None:
             return load_signing_key(ev.signing_key)
-        private = self.config.data_dir / "evidence-signing.key"
+        private = self.data_dir / "evidence-signing.key"
         if not private.exists():
-            write_keypair(generate_signing_key(), private, self.config.data_dir / "evidence-signing.pub")
+            write_keypair(generate_signing_key(), private, self.data_dir / "evidence-signing.pub")
             log.warning("made an evidence signing key at %s; keep a copy of %s where the log's writers cannot change it",
                         private, private.with_suffix(".pub"))
         return load_signing_key(private)
 
     def _encryption_key(self) -> bytes | None:
-        ev = self.config.evidence
+        ev = self.config
         if ev.encryption_key_file is not None:
             key = decode_key(ev.encryption_key_file.read_text())
             if key is None:
@@ -82,15 +108,11 @@ class EvidenceRecorder:
 
     # Recorder ---------------------------------------------------------------------
     async def decision(self, record: dict[str, Any], bodies: dict[str, bytes] | None = None) -> int | None:
-        if self.log is None:
-            raise EvidenceLogError("the evidence log is not open")
-        return await self.log.submit(record, bodies)
+        return await self._log().submit(record, bodies)
 
     async def durable(self, index: int | None) -> None:
         if index is not None and self.log is not None:
             await self.log.wait_durable(index)
 
     async def action(self, kind: str, *, actor: str, reason: str, **details: Any) -> int | None:
-        if self.log is None:
-            raise EvidenceLogError("the evidence log is not open")
-        return await self.log.submit(action_record(kind, actor, reason, details))
+        return await self._log().submit(action_record(kind, actor, reason, details))

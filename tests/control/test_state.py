@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.state import ControlState
+from gateway.control.state import ControlState
 from gateway.store.embedded import EmbeddedStore
 from gateway.store.redis import RedisStore
 from tests.support import eventually

@@ -1,4 +1,4 @@
-"""The one interface through which the gateway records evidence.
+"""The one interface through which every part of the gateway records evidence.
 
 Decisions (a request and what became of it) and control actions (who changed what, and
 why) go through a `Recorder`. The evidence log implements it; `NullRecorder` keeps the

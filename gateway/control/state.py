@@ -6,10 +6,10 @@ change by resynchronising. If it cannot confirm the state for longer than the po
 `max_staleness`, every model is served at the policy's `on_state_loss` level until it
 can again: an unknown state means more human oversight, never less.
 
-Document keys:
-- `level/global`, `level/model/{name}` -> {"level", "actor", "reason", "at"}
-- `active/{model}` -> {"version", "actor", "reason", "at"}
-- `version/{model}/{version}` -> the version's registry entry and verification status
+Documents (their keys: `gateway.control.keys`):
+- a level (global or per model) -> {"level", "actor", "reason", "at"}
+- a model's active version -> {"version", "actor", "reason", "at"}
+- a version's registration and its verification verdict; the deployment's sampling key
 """
 
 from __future__ import annotations
@@ -20,15 +20,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.store import Change, Confirmation, Snapshot, StaleWrite, Store, StoreUnavailable
+from gateway.control import keys
+from gateway.store import Change, Confirmation, ControlStore, Resync, Snapshot, StaleWrite, StoreUnavailable
 
 log = logging.getLogger("gateway.state")
 
-StateListener = Callable[[str, dict[str, Any] | None, dict[str, Any]], None]
+StateListener = Callable[[keys.Key, dict[str, Any] | None, dict[str, Any]], None]
+"""Called after each applied change with (what the key names, old document, new document)."""
 
 
 class ControlState:
-    def __init__(self, store: Store, *, initial_level: int, max_staleness: float, on_state_loss: int) -> None:
+    def __init__(self, store: ControlStore, *, initial_level: int, max_staleness: float, on_state_loss: int) -> None:
         self.store = store
         self.initial_level = initial_level
         self.max_staleness = max_staleness
@@ -75,8 +77,19 @@ class ControlState:
         await self.store.close()
 
     def add_listener(self, listener: StateListener) -> None:
-        """Called after each applied change with (key, old document, new document)."""
         self._listeners.append(listener)
+
+    @property
+    def replica_id(self) -> str:
+        return self.store.replica_id
+
+    def doc(self, key: str) -> dict[str, Any] | None:
+        """The mirrored document at `key` (build keys with `gateway.control.keys`)."""
+        return self.docs.get(key)
+
+    async def fetch(self, key: str) -> dict[str, Any] | None:
+        """The document as the store has it right now, ahead of the feed (one round trip)."""
+        return (await self.store.snapshot()).docs.get(key)
 
     # writing --------------------------------------------------------------------
     async def change(
@@ -95,8 +108,8 @@ class ControlState:
         return change, confirmation
 
     # following the store --------------------------------------------------------
-    def _on_change(self, change: Change) -> None:
-        if change.epoch < 0:  # the backend reconnected: whatever we missed, fetch it
+    def _on_change(self, change: Change | Resync) -> None:
+        if isinstance(change, Resync):  # the backend reconnected: whatever we missed, fetch it
             self._schedule_resync()
             return
         current = self.docs.get(change.key)
@@ -118,15 +131,19 @@ class ControlState:
     def _apply(self, key: str, doc: dict[str, Any]) -> None:
         old = self.docs.get(key)
         self.docs[key] = doc
-        if key == "level/global":
-            self.global_level = int(doc["level"])
-        elif key.startswith("level/model/"):
-            self.model_levels[key[len("level/model/") :]] = int(doc["level"])
-        elif key.startswith("active/"):
-            self.active[key[len("active/") :]] = doc["version"]
+        named = keys.parse(key)
+        match named:
+            case keys.Level(None):
+                self.global_level = int(doc["level"])
+            case keys.Level(model):
+                self.model_levels[model] = int(doc["level"])
+            case keys.Active(model):
+                self.active[model] = doc["version"]
+            case None:
+                return  # written by a newer gateway: kept, but nothing here reads it
         for listener in self._listeners:
             try:
-                listener(key, old, doc)
+                listener(named, old, doc)
             except Exception:
                 log.exception("state listener failed for %s", key)
 
@@ -184,8 +201,11 @@ class ControlState:
         while True:
             started = time.monotonic()
             try:
-                store_epoch = await asyncio.wait_for(self.store.confirm(self.epoch), interval * 2)
-                if store_epoch < self.epoch:
+                # Compare with the epoch as sent: changes applied from the feed while the
+                # heartbeat is in flight must not look like a store that went back in time.
+                sent = self.epoch
+                store_epoch = await asyncio.wait_for(self.store.confirm(sent), interval * 2)
+                if store_epoch < sent:
                     await self._restore_store()
                 elif store_epoch > self.epoch:
                     self._load(await asyncio.wait_for(self.store.snapshot(), interval * 2))

@@ -1,0 +1,1 @@
+"""Control state: the small documents (levels, active versions, verdicts) every replica mirrors."""

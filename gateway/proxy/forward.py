@@ -1,0 +1,34 @@
+"""Forward: the request goes to the active version's upstream over its keep-alive pool.
+
+The caller's own credentials never travel upstream: `upstream_request_headers` drops
+them and adds the version's configured headers. An upstream that cannot be reached or
+does not answer in time is a 502 or 504 to the client; what it answers, it answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from time import perf_counter
+
+from gateway.catalog import VersionRoute
+from gateway.errors import UpstreamTimeout, UpstreamUnreachable
+from gateway.proxy.exchange import Exchange
+from gateway.proxy.headers import upstream_request_headers
+from gateway.upstream import UpstreamError, UpstreamResponse
+
+
+async def forward(route: VersionRoute, ex: Exchange, client_headers: list[tuple[bytes, bytes]],
+                  body: bytes | AsyncIterator[bytes], *, scheme: bytes) -> UpstreamResponse:
+    """Send the request upstream; returns once the answer's status and headers arrived."""
+    headers = upstream_request_headers(client_headers, request_id=ex.request_id, client_addr=ex.client_addr.encode(),
+                                       scheme=scheme, extra=route.extra_headers)
+    sent = perf_counter()
+    try:
+        response = await route.pool.request(ex.method.encode(), ex.target, headers, body)
+    except UpstreamError as exc:
+        ex.upstream_error = exc.kind
+        if exc.kind == "timeout":
+            raise UpstreamTimeout(f"upstream of {ex.model}/{ex.version} did not answer in time") from None
+        raise UpstreamUnreachable(f"upstream of {ex.model}/{ex.version}: {exc}") from None
+    ex.upstream_seconds = perf_counter() - sent
+    return response

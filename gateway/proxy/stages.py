@@ -1,0 +1,51 @@
+"""What the data plane needs of each stage, as narrow Protocols.
+
+The wiring (`gateway.wiring`) hands `DataPlane` one object per stage; these are the only
+calls the request path makes on them, in the order it makes them:
+
+    identify the caller -> resolve the model and version -> integrity gate -> oversight plan
+    -> forward -> hold or release -> record -> observe
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from gateway.auth import Caller
+    from gateway.oversight.plan import Plan
+    from gateway.proxy.exchange import Exchange
+
+
+class Callers(Protocol):
+    """Identify the caller: the bearer token's owner (`authorize`: only if it has one of `roles`)."""
+
+    def identify(self, authorization: bytes | str | None) -> "Caller": ...
+
+    def authorize(self, authorization: bytes | str | None, *roles: str) -> "Caller": ...
+
+
+class ServingGate(Protocol):
+    """Refuse a version that may not serve (its weights are not verified)."""
+
+    def check(self, model: str, version: str) -> None: ...
+
+
+class Planning(Protocol):
+    """What the effective level means for this request."""
+
+    def plan(self, model: str, level: int, request_id: bytes) -> "Plan": ...
+
+
+class Recording(Protocol):
+    """Record the exchange as evidence when the plan or its route says so."""
+
+    async def record(self, ex: "Exchange", plan: "Plan", headers: list[tuple[bytes, bytes]]) -> int | None: ...
+
+    async def durable(self, index: int | None) -> None: ...
+
+
+class Observer(Protocol):
+    """Told about every finished exchange (memory only: metrics, incident signals, logs)."""
+
+    def observe(self, ex: "Exchange") -> None: ...

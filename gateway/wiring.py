@@ -1,0 +1,227 @@
+"""The wiring: every part of a running gateway, built once in the order they depend on each other.
+
+Read `Gateway.__init__` from top to bottom to see the house: the ground (the store, its
+mirror, the evidence log), oversight (levels, plans, the serving gate), versions,
+incidents, the review queue, then the two planes that serve HTTP. Each part receives
+exactly the collaborators it uses; nothing below this module imports it, and nothing on
+the request path calls back into it. `start` and `stop` bring the parts up and down in
+order; the ASGI entry (`gateway.app`) and the CLI are its only users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.api import control_app
+from gateway.api.decisions import DecisionsApi
+from gateway.api.evidence import EvidenceApi
+from gateway.api.incidents import IncidentsApi
+from gateway.api.models import ModelsApi
+from gateway.api.ops import OpsApi
+from gateway.api.oversight import OversightApi
+from gateway.api.review import ReviewApi
+from gateway.api.versions import VersionsApi
+from gateway.auth import TokenTable
+from gateway.background import Background
+from gateway.catalog import Catalog
+from gateway.config import Config, load_config
+from gateway.console import console_routes
+from gateway.console.dashboard import Dashboard
+from gateway.console.review import ReviewPages
+from gateway.console.session import Sessions
+from gateway.console.signin import SignIn
+from gateway.console.web import QueueHub
+from gateway.control.seed import seed_first_start
+from gateway.control.state import ControlState
+from gateway.incidents.containment import Containment
+from gateway.incidents.manager import IncidentManager
+from gateway.incidents.monitor import Monitor
+from gateway.incidents.notify import Notifier
+from gateway.integrity.gate import IntegrityGate
+from gateway.metrics import Metrics
+from gateway.oversight.levels import LevelControl
+from gateway.oversight.plan import Planner
+from gateway.policy import Policy, load_policy
+from gateway.proxy.dataplane import DataPlane
+from gateway.proxy.hold import Holding
+from gateway.proxy.inflight import Streams
+from gateway.proxy.observers import AccessLog, RecentRequests, TrafficMetrics
+from gateway.proxy.resolve import Resolver
+from gateway.recorder import NullRecorder, Recorder
+from gateway.recording.decisions import DecisionRecording, NoRecording
+from gateway.recording.export import Exports
+from gateway.recording.evidence import EvidenceRecorder
+from gateway.redaction import header_names
+from gateway.review.queue import ReviewQueue
+from gateway.store import make_store
+from gateway.versions.registry import Registry
+from gateway.versions.snapshot import Snapshots
+from gateway.versions.switch import Switcher
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    def __init__(self, config: Config, policy: Policy) -> None:
+        self.config = config
+        self.policy = policy
+        models = list(config.models)
+        self.model_policies = {name: policy.for_model(name) for name in models}
+        oversight = policy.oversight
+        self.background = Background()
+        self.started_at = 0.0
+
+        # the ground: the store, its mirror in memory, the evidence log -------------------------
+        self.store = make_store(config.store, config.data_dir, liveness=oversight.max_staleness)
+        self.state = ControlState(self.store, initial_level=oversight.initial_level,
+                                  max_staleness=oversight.max_staleness, on_state_loss=oversight.on_state_loss)
+        self.evidence = (EvidenceRecorder(config.evidence, policy.evidence, data_dir=config.data_dir)
+                         if config.evidence.enabled else None)
+        self.recorder: Recorder = self.evidence or NullRecorder()
+        self.tokens = TokenTable(config.tokens)
+        self.metrics = Metrics()
+        self.catalog = Catalog(config)
+
+        # oversight: levels, plans, the serving gate ---------------------------------------------
+        self.levels = LevelControl(self.state, self.store, oversight, models, self.recorder)
+        self.planner = Planner(self.model_policies, record_from=oversight.record_all_from_level)
+        self.state.add_listener(self.planner.on_state_change)  # the sampling key, the same on every replica
+        self.integrity = IntegrityGate(self.state, self.recorder, reverify_interval=policy.integrity.reverify_interval,
+                                       serve_unsigned=policy.integrity.serve_unsigned)
+        self.state.add_listener(self.integrity.on_state_change)  # a verdict from any replica gates here too
+        self._register_configured_versions()
+
+        # versions: snapshots, switches, the registry --------------------------------------------
+        self.recent = RecentRequests()
+        self.snapshots = Snapshots(self.state, traffic=self.metrics.summary, recent=self.recent.of,
+                                   config_source=config.source, policy_version=policy.version,
+                                   policy_digest=policy.digest)
+        self.switcher = Switcher(self.state, self.catalog, self.integrity, self.store, self.recorder, self.snapshots,
+                                 confirm_timeout=oversight.confirm_timeout,
+                                 smoke={name: p.smoke for name, p in self.model_policies.items()})
+        self.registry = Registry(self.state, self.catalog, self.integrity, self.recorder, configured=config.models,
+                                 confirm_timeout=oversight.confirm_timeout, spawn=self.background.spawn)
+        self.state.add_listener(self.registry.on_state_change)  # a version added on any replica routes here too
+
+        # incidents: notification, containment, detection ----------------------------------------
+        self.notifier = Notifier(self.store, config.notifications, policy.notifications, policy_folders=policy.folders)
+        containment = Containment(levels=self.levels, rollback=self.switcher, snapshots=self.snapshots,
+                                  holds=self.evidence, recorder=self.recorder)
+        self.incidents = IncidentManager(self.store, self.recorder, containment, self.notifier, triggers=policy.triggers,
+                                         models=models, active=self.state.active)
+        self.integrity.report_to(self.incidents)  # a version that fails verification is a security incident
+        self.monitor = Monitor(self.store, self.incidents, self.recorder, triggers=policy.triggers,
+                               policies=self.model_policies, active=self.state.active, evidence=self.evidence)
+
+        # the review queue (reviewers' verdicts are ground truth for the monitor) -------------------
+        self.review = ReviewQueue(self.store, policy.review, self.recorder, on_verdict=self.monitor.verdict)
+
+        # the data plane: its stages, in request order ---------------------------------------------
+        redact = header_names(policy.evidence.redact_headers)
+        recording = (DecisionRecording(self.recorder, root_digest=self.integrity.root_digest,
+                                       policy_version=policy.version, redact=redact,
+                                       redact_pointers={n: p.redact_body or () for n, p in self.model_policies.items()})
+                     if self.evidence else NoRecording())
+        self.streams = Streams(end_on_pause=oversight.end_streams_on_pause)
+        self.state.add_listener(self.streams.on_state_change)  # a pause on any replica ends streams here
+        observers: list[Any] = [TrafficMetrics(self.metrics), self.monitor, self.recent]
+        if config.logging.access_log:
+            observers.append(AccessLog(logging.getLogger("gateway.access")))
+        self.dataplane = DataPlane(
+            callers=self.tokens,
+            resolver=Resolver(self.catalog, self.state),
+            gate=self.integrity,
+            planner=self.planner,
+            holding=Holding(self.review, recording, policy.review,
+                            confidence={n: p.confidence for n, p in self.model_policies.items()},
+                            buffer_limit=config.limits.max_response_buffer_bytes, redact=redact,
+                            policy_version=policy.version),
+            recording=recording,
+            observers=observers,
+            streams=self.streams,
+            limits=config.limits,
+        )
+
+        # the control plane: the API, then the console ----------------------------------------------
+        exports = (Exports(self.evidence, self.store, self.incidents, self.integrity, config=config, policy=policy,
+                           sampling_key=lambda: self.planner.sampling_key,
+                           sample_rates={n: p.sample_rate for n, p in self.model_policies.items()})
+                   if self.evidence else None)
+        self.sessions = sessions = Sessions(self.store, {t.id: t.all_roles for t in config.tokens})
+        self.hub = hub = QueueHub(self.review)  # the console's live queue events, for every open stream here
+        self.control = control_app([
+            *OpsApi(self.tokens, self.state, self.catalog, self.metrics, metrics_public=config.metrics.public,
+                    started_at=lambda: self.started_at).routes(),
+            *DecisionsApi(self.tokens, self.review, policy.review).routes(),
+            *OversightApi(self.tokens, self.levels).routes(),
+            *ReviewApi(self.tokens, self.review).routes(),
+            *ModelsApi(self.tokens, self.state, self.catalog, self.integrity).routes(),
+            *VersionsApi(self.tokens, self.registry, self.switcher).routes(),
+            *EvidenceApi(self.tokens, self.evidence, exports).routes(),
+            *IncidentsApi(self.tokens, self.incidents, self.monitor).routes(),
+            *console_routes(
+                SignIn(sessions, hub, self.tokens, self.recorder, refused=self.monitor.refused),
+                ReviewPages(sessions, hub, self.review),
+                Dashboard(sessions, self.state, self.levels, self.registry, self.switcher, self.incidents, self.review,
+                          self.monitor.counters, self.store),
+            ),
+        ])
+        self._retention: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_files(cls, config_path: str | Path) -> "Gateway":
+        config = load_config(config_path)
+        return cls(config, load_policy(config.policy))
+
+    @property
+    def sampling_key(self) -> bytes:
+        return self.planner.sampling_key
+
+    def _register_configured_versions(self) -> None:
+        for model_name, model in self.config.models.items():
+            for version_name, version in model.versions.items():
+                self.integrity.register(model_name, version_name, version)
+
+    # lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.notifier.check_template()
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.evidence is not None:
+            await asyncio.to_thread(self.evidence.open)
+            self._retention = asyncio.create_task(self.evidence.retain_forever(), name="gateway-evidence-retention")
+        await self.state.start()
+        key = await seed_first_start(self.state, {name: m.initial_version for name, m in self.config.models.items()})
+        if not self.planner.sampling_key:
+            self.planner.use_sampling_key(key)
+        await self.registry.seed_from_config()
+        self._register_configured_versions()  # again, now that stored verdicts are known
+        await self.review.start()
+        await self.integrity.start()
+        await self.monitor.start()
+        await self.notifier.start()
+        self.started_at = time.time()
+        # Everything loaded so far lives as long as the process: keep it out of the garbage
+        # collector's full passes, which otherwise rescan it every time (about 40 ms each).
+        gc.collect()
+        gc.freeze()
+        log.info("gateway started", extra={"store": "embedded" if self.config.store == "embedded" else "redis",
+                                           "replica": self.state.replica_id, "models": sorted(self.catalog.models),
+                                           "policy": self.policy.version})
+
+    async def stop(self) -> None:
+        self.background.cancel_all()
+        await self.notifier.stop()
+        await self.monitor.stop()
+        await self.integrity.stop()
+        await self.review.stop()
+        await self.state.stop()
+        self.catalog.close()
+        if self._retention is not None:
+            self._retention.cancel()
+        if self.evidence is not None:
+            await asyncio.to_thread(self.evidence.close)
