@@ -10,6 +10,7 @@ and its resident memory over 100,000 requests.
     python scripts/bench_proxy.py                # all of it (about 3 minutes)
     python scripts/bench_proxy.py --rounds 1 --memory-requests 0
     python scripts/bench_proxy.py --level 1      # all decisions recorded
+    python scripts/bench_proxy.py --against /tmp/gw-main   # this tree vs another checkout, interleaved
 """
 
 from __future__ import annotations
@@ -64,7 +65,11 @@ def main() -> int:
     parser.add_argument("--memory-requests", type=int, default=100_000)
     parser.add_argument("--stream-samples", type=int, default=100)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON too")
+    parser.add_argument("--against", type=Path, help="another checkout of the gateway: compare its CPU per request "
+                                                     "with this tree's, in interleaved rounds, and stop there")
     args = parser.parse_args()
+    if args.against:
+        return against(args)
 
     with b.tempdir() as tmp:
         up_port, gw_port = b.free_port(), b.free_port()
@@ -125,6 +130,46 @@ def main() -> int:
     if args.json:
         print(json.dumps({"medians": med, "added_p50_ms": added_p50, "added_p99_ms": added_p99, "throughput_ratio": ratio,
                           "cpu_us_per_request": b.median(cpu_per_request), "first_byte_added_ms": fb_added, "memory": memory}))
+    return 0
+
+
+def against(args: argparse.Namespace) -> int:
+    """This tree and another checkout in front of one demo model, interleaved rounds, CPU per request."""
+    trees = {"this tree": b.ROOT, "against": args.against.resolve()}
+    with b.tempdir() as tmp:
+        up_port = b.free_port()
+        upstream = b.demo_model(up_port, "1")
+        gateways, ports = {}, {}
+        try:
+            for name, tree in trees.items():
+                ports[name] = b.free_port()
+                (tmp / name.replace(" ", "-")).mkdir()
+                config = b.write_config(tmp / name.replace(" ", "-"), up_port, ports[name])
+                gateways[name] = b.gateway(config, ports[name], "0", log=tmp / f"{name.replace(' ', '-')}.log", tree=tree)
+                set_level(ports[name], args.level)
+            cpu: dict[str, list[float]] = {name: [] for name in trees}
+            rps: dict[str, list[float]] = {name: [] for name in trees}
+            for name in trees:  # warm both
+                b.wrk(f"http://127.0.0.1:{ports[name]}/models/demo/predict", connections=32, seconds=2, body=PREDICT,
+                      token=b.CLIENT_TOKEN, cpus="1")
+            for _ in range(args.rounds):
+                for name in trees:
+                    cpu0 = b.cpu_seconds(gateways[name].pid)
+                    result = b.wrk(f"http://127.0.0.1:{ports[name]}/models/demo/predict", connections=32,
+                                   seconds=args.seconds, body=PREDICT, token=b.CLIENT_TOKEN, cpus="1")
+                    cpu[name].append((b.cpu_seconds(gateways[name].pid) - cpu0) / max(1, result["requests"]) * 1e6)
+                    rps[name].append(result["rps"])
+        finally:
+            for proc in gateways.values():
+                b.stop(proc)
+            b.stop(upstream)
+    print(f"proxy benchmark, side by side: level {args.level}, {args.rounds} interleaved rounds of {args.seconds:g}s, "
+          f"each gateway pinned to cpu0 in turn, demo model and wrk on cpu1; medians")
+    for name, tree in trees.items():
+        print(f"{name:10} {str(tree):40} {b.median(rps[name]):9.0f} req/s  {b.median(cpu[name]):6.1f} us CPU/request  "
+              f"(rounds: {', '.join(f'{v:.0f}' for v in cpu[name])})")
+    ratio = b.median(cpu["this tree"]) / b.median(cpu["against"])
+    print(f"CPU per request, this tree / against: {ratio:.3f} ({(ratio - 1) * 100:+.1f} %)")
     return 0
 
 

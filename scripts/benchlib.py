@@ -50,10 +50,11 @@ def taskset(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus]
 
 
-def start(cmd: list[str], port: int, cpus: str | None = None, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+def start(cmd: list[str], port: int, cpus: str | None = None, env: dict | None = None, log: Path | None = None,
+          cwd: Path | None = None) -> subprocess.Popen:
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(taskset(cpus) + cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                            start_new_session=True)
+                            start_new_session=True, cwd=cwd)
     wait_port(port, proc)
     return proc
 
@@ -119,8 +120,12 @@ def redis_server(directory: Path) -> RedisProcess:
     return RedisProcess(port, proc)
 
 
-def gateway(config: Path, port: int, cpus: str | None = None, log: Path | None = None) -> subprocess.Popen:
-    return start([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)], port, cpus, log=log)
+def gateway(config: Path, port: int, cpus: str | None = None, log: Path | None = None,
+            tree: Path | None = None) -> subprocess.Popen:
+    """A gateway process; `tree`: the checkout whose `gateway` package it runs (default: this one)."""
+    tree = tree or ROOT
+    return start([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)], port, cpus,
+                 log=log, cwd=tree, env={"PYTHONPATH": str(tree)})
 
 
 @contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import RedisServer, free_port
+from tests.support import RedisServer, free_port, gateway_factory
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +45,16 @@ def demo_model():
 def demo(demo_model):
     demo_model.reset()
     return demo_model
+
+
+@pytest.fixture
+def make_gateway(tmp_path, demo):
+    """In-process gateways in front of the demo model (model `demo`, version v1).
+
+    `async with make_gateway(policy=..., store=..., extra=...) as gw:` starts a fresh one;
+    a package that needs other models overrides this fixture.
+    """
+    return gateway_factory(tmp_path, {"demo": {"v1": demo.url}})
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -161,7 +161,10 @@ def load_public_keys(data: bytes) -> list[Ed25519PublicKey]:
     keys = []
     for block in data.split(b"-----END PUBLIC KEY-----"):
         if b"-----BEGIN PUBLIC KEY-----" in block:
-            key = serialization.load_pem_public_key(block + b"-----END PUBLIC KEY-----\n")
+            try:
+                key = serialization.load_pem_public_key(block + b"-----END PUBLIC KEY-----\n")
+            except UnsupportedAlgorithm:  # a key type this build cannot even load is not Ed25519 either
+                raise ValueError("not an Ed25519 public key (an unsupported key type)") from None
             if not isinstance(key, Ed25519PublicKey):
                 raise ValueError("not an Ed25519 public key")
             keys.append(key)

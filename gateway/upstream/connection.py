@@ -8,7 +8,6 @@ connection, so the upstream sees the client's disconnect at once.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 

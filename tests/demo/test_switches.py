@@ -108,7 +108,7 @@ def test_client_leaving_mid_stream_is_cancelled(client):
     client.post("/_demo/config", json={"stream_delay_ms": 1})
     with client.stream("POST", CHAT, json={**CHAT_BODY, "stream": True}) as r:
         assert list(r.iter_lines())[-2] == "data: [DONE]"
-    time.sleep(0.1)
+    wait_for(lambda: _stats(client)["cancelled"] >= 1)
     assert _stats(client)["cancelled"] == 1
 
 

@@ -6,19 +6,13 @@ import asyncio
 import base64
 import hashlib
 
-import pytest
 
 from gateway.evidence.log import EvidenceLog
 from gateway.evidence.merkle import verify_consistency, verify_inclusion
 from gateway.evidence.verify import verify_log
-from tests.support import auth, eventually, gateway_factory
+from tests.support import auth, eventually
 
 SECRET_FIELD = "ssn-123-45-6789"
-
-
-@pytest.fixture
-def make_gateway(tmp_path, demo):
-    return gateway_factory(tmp_path, {"demo": {"v1": demo.url}})
 
 
 async def _set_level(gw, level: int):

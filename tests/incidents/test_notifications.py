@@ -36,6 +36,13 @@ class Receiver:
         writer.close()
 
 
+async def _settled(gw):
+    """The sent messages, once the outbox holds nothing that could still be sent."""
+    store = gw.gateway.store
+    unsettled = [m for status in ("pending", "sending") for m in await store.query("outbox", where={"status": status})]
+    return None if unsettled else await store.query("outbox", where={"status": "sent"}, limit=50)
+
+
 @pytest.fixture
 async def receiver():
     r = Receiver(free_port())
@@ -63,8 +70,7 @@ async def test_one_message_per_event_and_target_across_an_outage_and_a_restart(t
         await gw.client.post(f"/admin/incidents/{incident}/resolve", json={"note": "reverted the feature"},
                              headers=auth("operator"))
         await eventually(lambda: _value(len(receiver.received) >= 5), timeout=15)
-        await asyncio.sleep(2.5)  # time for any duplicate to show up
-        outbox = await gw.gateway.store.query("outbox", where={"status": "sent"}, limit=50)
+        outbox = await eventually(lambda: _settled(gw), timeout=15)  # nothing pending or in flight: no more sends
     by_path = [(m["path"], m["headers"]["idempotency-key"]) for m in receiver.received]
     assert len(by_path) == len(set(by_path)) == 5  # detected x2, acknowledged x1 (ops only), resolved x2
     events = sorted((m["path"], m["headers"]["idempotency-key"].split(":")[1]) for m in receiver.received)

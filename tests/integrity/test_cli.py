@@ -141,5 +141,5 @@ def test_ci_script_fails_the_pipeline_on_an_invalid_model(vector_copy: Path) -> 
 
 def test_ci_script_without_an_installed_gateway_says_how_to_install_one(vector_copy: Path) -> None:
     missing = _ci_job(str(vector_copy), str(VECTOR_SIG), str(VECTOR_PUB), path=SYSTEM_PATH)
-    assert missing.returncode == 2 and "pip install oversight-gateway" in missing.stderr
+    assert missing.returncode == 2 and "the gateway command is not on PATH: install the gateway" in missing.stderr
     assert "Traceback" not in missing.stderr

@@ -107,12 +107,14 @@ async def test_concurrent_updates_have_exactly_one_winner(store):
 
 async def test_topics_deliver_messages(store):
     got: list[dict] = []
+    witness: list[dict] = []
     unsubscribe = store.subscribe("decisions", got.append)
+    store.subscribe("decisions", witness.append)
     await store.publish("decisions", {"ticket": "t1"})
     await eventually(lambda: _async(got))
     unsubscribe()
     await store.publish("decisions", {"ticket": "t2"})
-    await asyncio.sleep(0.05)
+    await eventually(lambda: _async(len(witness) == 2))  # delivered in order: t2 reached this replica
     assert got == [{"ticket": "t1"}]
 
 

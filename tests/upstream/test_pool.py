@@ -10,6 +10,11 @@ import pytest
 
 from gateway.upstream import UpstreamError, UpstreamPool
 from tests.proxy.echo import EchoUpstream
+from tests.support import eventually
+
+
+async def _value(value):
+    return value
 
 
 @pytest.fixture
@@ -45,7 +50,7 @@ async def test_a_stale_idle_connection_is_replaced_transparently(echo):
     pool = UpstreamPool(echo.url)
     await _json(pool, b"GET", b"/echo")
     echo.drop_connections()  # the upstream closes the idle connection behind the pool's back
-    await asyncio.sleep(0.05)
+    await eventually(lambda: _value(all(conn.closed for conn in pool._idle)))
     status, _ = await _json(pool, b"GET", b"/echo")
     assert status == 200 and echo.connections == 2
     pool.close()
@@ -81,7 +86,7 @@ async def test_a_large_answer_streams_with_bounded_buffering(echo):
     pool = UpstreamPool(echo.url)
     response = await pool.request(b"GET", b"/big?size=20000000", [])
     assert not response.complete
-    await asyncio.sleep(0.2)  # do not read: the client must stop reading from the socket
+    await eventually(lambda: _value(response._conn.reading_paused))  # nothing read: the client stops reading the socket
     assert response._conn.buffered <= 512 * 1024
     total = 0
     async for chunk in response.iter_chunks():
@@ -124,7 +129,7 @@ async def test_refused_reset_and_timeout_are_told_apart(echo):
 async def test_cancelling_a_request_closes_its_connection(echo):
     pool = UpstreamPool(echo.url)
     task = asyncio.create_task(pool.request(b"GET", b"/hang", []))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: _value(any(seen.path == "/hang" for seen in echo.requests)))  # it reached the upstream
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

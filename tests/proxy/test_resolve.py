@@ -1,0 +1,68 @@
+"""Resolving the model and version: names the catalog knows, the active version, the effective level."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.catalog import Catalog
+from gateway.config import load_config
+from gateway.control import keys
+from gateway.control.state import ControlState
+from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.proxy.resolve import Resolver, model_in_body
+from gateway.store.embedded import EmbeddedStore
+from tests.support import write_config
+
+
+@pytest.fixture
+async def resolver(tmp_path):
+    config = load_config(write_config(tmp_path, {"credit": {"v1": "http://127.0.0.1:9", "v2": "http://127.0.0.1:9"}}))
+    catalog = Catalog(config)
+    state = ControlState(EmbeddedStore(tmp_path / "state.db"), initial_level=0, max_staleness=2, on_state_loss=4)
+    await state.start()
+    yield Resolver(catalog, state), state
+    await state.stop()
+    catalog.close()
+
+
+async def test_an_unknown_model_is_404_naming_the_known_ones(resolver):
+    resolver, _ = resolver
+    assert resolver.known("credit") == "credit"
+    with pytest.raises(NotFound, match="known models: credit"):
+        resolver.known("nope")
+
+
+async def test_the_active_version_and_the_effective_level(resolver):
+    resolver, state = resolver
+    await state.change(keys.active("credit"), {"version": "v2"}, audit={})
+    await state.change(keys.level("credit"), {"level": 3}, audit={})
+    route, level = resolver.active_route("credit")
+    assert (route.model, route.name, level) == ("credit", "v2", 3)
+
+
+async def test_no_reachable_active_version_is_503(resolver):
+    resolver, state = resolver
+    with pytest.raises(GatewayError) as none_active:
+        resolver.active_route("credit")
+    await state.change(keys.active("credit"), {"version": "v9"}, audit={})  # a version this replica cannot reach
+    with pytest.raises(GatewayError) as unknown_active:
+        resolver.active_route("credit")
+    for raised in (none_active, unknown_active):
+        assert (raised.value.status, raised.value.type) == (503, "unavailable")
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b"", "needs a JSON body"),
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "no `model` string"),
+    (b'{"model": 7}', "no `model` string"),
+    (b'{"model": ""}', "no `model` string"),
+    (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+])
+def test_a_v1_body_without_a_usable_model_is_400(body, says):
+    with pytest.raises(BadRequest, match=says):
+        model_in_body(body)
+
+
+def test_a_v1_body_names_its_model():
+    assert model_in_body(b'{"model": "credit", "messages": []}') == "credit"
