@@ -11,13 +11,21 @@ class GatewayError(Exception):
     status = 500
     type = "internal"
 
-    def __init__(self, message: str, *, status: int | None = None, type: str | None = None, detail: dict | None = None) -> None:
+    param: str | None = None  # the request field at fault, where there is one (OpenAI clients show it)
+    code: str | None = None  # a finer code than `type`, for OpenAI clients (e.g. model_not_found)
+
+    def __init__(self, message: str, *, status: int | None = None, type: str | None = None, detail: dict | None = None,
+                 param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
         if type is not None:
             self.type = type
+        if param is not None:
+            self.param = param
+        if code is not None:
+            self.code = code
         self.detail = detail
 
 

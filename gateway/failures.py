@@ -22,6 +22,8 @@ class Failure:
     type: str
     message: str
     detail: dict[str, Any] | None = None
+    param: str | None = None
+    code: str | None = None
 
 
 INTERNAL = Failure(500, "internal", "the gateway failed on this request; its log has the details under this request id")
@@ -38,7 +40,7 @@ EXPECTED: tuple[type[Exception], ...] = (GatewayError, StoreUnavailable, Evidenc
 def failure_of(exc: BaseException) -> Failure | None:
     """The answer for an expected failure, or None when `exc` is a defect."""
     if isinstance(exc, GatewayError):
-        return Failure(exc.status, exc.type, exc.message, exc.detail)
+        return Failure(exc.status, exc.type, exc.message, exc.detail, exc.param, exc.code)
     if isinstance(exc, StoreUnavailable):
         return Failure(503, "store_unavailable", _STORE_DOWN)
     if isinstance(exc, EvidenceLogError):

@@ -51,6 +51,14 @@ class Fairness(_Strict):
     favourable: Any = Field(description="the outcome value that counts as favourable")
 
 
+class HoldWait(_Strict):
+    """How long a client that sent no `Prefer` header waits, connection open, for the human's decision."""
+
+    openai: Seconds | None = Field(None, description="/v1 routes: OpenAI clients cannot read a 202, so they wait; "
+                                                     "then 423 with the ticket")
+    generic: Seconds | None = Field(None, description="/models routes: then 202 with the ticket (0: at once)")
+
+
 class ModelPolicy(_Strict):
     """Per-model rules; anything left out comes from `defaults`."""
 
@@ -65,6 +73,7 @@ class ModelPolicy(_Strict):
     fairness: Fairness | None = None
     published_min_accuracy: Rate | None = None
     redact_body: tuple[str, ...] | None = Field(None, description="JSON pointers removed from recorded bodies")
+    hold_wait: HoldWait | None = None
 
 
 # No thresholds are defaulted here: `policies/default.yaml` is where they are written.
@@ -85,6 +94,9 @@ class Review(_Strict):
     on_expiry: Literal["reject", "release"]
     max_hold_wait: Seconds
     claim_lease: Seconds
+    keepalive: Seconds = Field(gt=0, description="a held stream gets an SSE comment this often while it waits")
+    retry_window: Seconds = Field(description="a retry of a held request attaches to its ticket within this")
+    idempotency_window: Seconds = Field(description="an Idempotency-Key names the same ticket within this")
 
 
 class Integrity(_Strict):
@@ -195,7 +207,9 @@ class Policy(_Strict):
     @model_validator(mode="after")
     def _defaults_complete(self) -> "Policy":
         d = self.defaults
-        missing = [n for n in ("sample_rate", "confidence_threshold", "confidence") if getattr(d, n) is None]
+        missing = [n for n in ("sample_rate", "confidence_threshold", "confidence", "hold_wait") if getattr(d, n) is None]
+        if d.hold_wait is not None and (d.hold_wait.openai is None or d.hold_wait.generic is None):
+            missing.append("hold_wait.openai and hold_wait.generic")
         if missing:
             raise ValueError(f"defaults must set {', '.join(missing)}")
         return self
@@ -205,14 +219,23 @@ class Policy(_Strict):
         merged = self.defaults.model_dump()
         if override is not None:
             for key, value in override.model_dump(exclude_none=True).items():
-                merged[key] = {**merged[key], **value} if key == "sample_rate" and merged.get(key) else value
+                merged[key] = {**merged[key], **value} if key in _MERGED and merged.get(key) else value
         return EffectiveModelPolicy.model_validate(merged)
+
+
+_MERGED = ("sample_rate", "hold_wait")  # a model's policy overrides these key by key
+
+
+class EffectiveHoldWait(HoldWait):
+    openai: Seconds
+    generic: Seconds
 
 
 class EffectiveModelPolicy(ModelPolicy):
     sample_rate: dict[Level, Rate]
     confidence_threshold: Rate
     confidence: ConfidenceSource
+    hold_wait: EffectiveHoldWait
 
     def rate_at(self, level: int) -> float:
         """Post-hoc sampling rate at `level`; levels without a rate use the highest lower one."""

@@ -139,6 +139,7 @@ class Gateway:
             planner=self.planner,
             holding=Holding(self.review, recording, policy.review,
                             confidence={n: p.confidence for n, p in self.model_policies.items()},
+                            waits={n: p.hold_wait for n, p in self.model_policies.items()},
                             buffer_limit=config.limits.max_response_buffer_bytes, redact=redact,
                             policy_version=policy.version),
             recording=recording,

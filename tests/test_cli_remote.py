@@ -8,7 +8,9 @@ waits for it. Every call asserts that no traceback reached stdout or stderr.
 from __future__ import annotations
 
 import asyncio
+import collections
 import http.server
+import itertools
 import json
 import re
 import threading
@@ -202,12 +204,17 @@ async def test_no_token_or_no_gateway_is_exit_2(gw, cli):
 
 
 # review -------------------------------------------------------------------------------------
+_REQUESTS: collections.defaultdict[int, itertools.count] = collections.defaultdict(itertools.count)  # per gateway
+
+
 async def _hold(gw, n: int, level: int = 3) -> list[str]:
     r = await gw.client.put("/admin/oversight/models/demo", json={"level": level, "reason": "review"}, headers=auth("operator"))
     assert r.status_code == 200, r.text
     tickets = []
-    for _ in range(n):
-        answer = await gw.client.post("/models/demo/predict", json=APPLICANT, headers=auth("client"))
+    for _ in range(n):  # different requests: a byte-identical one would be a retry joining the first ticket
+        i = next(_REQUESTS[id(gw)])
+        body = APPLICANT if i == 0 else {"applicant": {**APPLICANT["applicant"], "id": f"{APPLICANT['applicant']['id']}-{i}"}}
+        answer = await gw.client.post("/models/demo/predict", json=body, headers=auth("client"))
         assert answer.status_code == 202, answer.text
         tickets.append(answer.json()["ticket"])
     return tickets

@@ -19,6 +19,7 @@ from gateway.auth import Caller
 from gateway.configfile import describe_errors
 from gateway.errors import BadRequest, error_body
 from gateway.failures import INTERNAL, failure_of
+from gateway.openai.errors import openai_error_body
 from gateway.proxy.exchange import request_id_from
 from gateway.proxy.stages import Callers
 
@@ -60,12 +61,18 @@ async def body_as(request: Request, model: type[M]) -> M:
         raise BadRequest("; ".join(describe_errors(exc))) from None
 
 
-def error_response(request: Request, status: int, type: str, message: str, detail: dict | None = None) -> Response:
+def error_response(request: Request, status: int, type: str, message: str, detail: dict | None = None, *,
+                   param: str | None = None, code: str | None = None) -> Response:
+    """The JSON error shape: the OpenAI one on `/v1` routes (decisions, models, feedback), the gateway's own elsewhere."""
     rid = request_id(request)
     headers = {"x-request-id": rid}
     if status == 401:
         headers["www-authenticate"] = 'Bearer realm="gateway"'
-    return Response(error_body(type, message, rid, detail), status_code=status, media_type="application/json", headers=headers)
+    if request.url.path.startswith("/v1/"):
+        body = openai_error_body(status, type, message, request_id=rid, param=param, code=code, detail=detail)
+    else:
+        body = error_body(type, message, rid, detail)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
@@ -80,4 +87,5 @@ async def on_error(request: Request, exc: Exception) -> Response:
     if failure is None:
         log.exception("unexpected error", extra={"request_id": request_id(request)})
         failure = INTERNAL
-    return error_response(request, failure.status, failure.type, failure.message, failure.detail)
+    return error_response(request, failure.status, failure.type, failure.message, failure.detail,
+                          param=failure.param, code=failure.code)

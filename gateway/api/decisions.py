@@ -15,8 +15,8 @@ from gateway.errors import NotFound
 from gateway.policy import Review
 from gateway.proxy.prefer import parse_prefer
 from gateway.proxy.stages import Callers
+from gateway.proxy.outcome import answer_for
 from gateway.review.queue import ReviewQueue
-from gateway.review.tickets import final_answer
 
 
 class DecisionsApi:
@@ -45,7 +45,7 @@ class DecisionsApi:
             return ok({"ticket": ticket_id, "status": ticket.status, "reason": ticket.reason,
                        "expires_at": ticket.expires_at, "request_id": ticket.request_id}, status=202,
                       headers={"retry-after": "5"})
-        status, headers, body = final_answer(ticket)
+        status, headers, body = answer_for(ticket)
         response = Response(body, status_code=status)
         for name, value in headers:
             response.headers.append(name.decode("latin-1"), value.decode("latin-1"))

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from gateway.errors import error_body
+from gateway.openai.errors import NOT_RETRIED, openai_error_body
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.headers import client_response_headers
 from gateway.upstream import UpstreamResponse
@@ -100,12 +101,21 @@ async def send_whole(send, ex: Exchange, status: int, headers: list[tuple[bytes,
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send, ex: Exchange, status: int, type: str, message: str, detail: dict | None = None) -> None:
+async def send_error(send, ex: Exchange, status: int, type: str, message: str, detail: dict | None = None, *,
+                     param: str | None = None, code: str | None = None) -> None:
+    """The JSON error shape: the OpenAI one on `/v1` routes, the gateway's own elsewhere."""
     ex.error_type = type
     headers = [_JSON]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="gateway"'))
-    await send_whole(send, ex, status, headers, error_body(type, message, ex.request_id.decode(), detail))
+    rid = ex.request_id.decode()
+    if ex.api == "openai":
+        if type in NOT_RETRIED:
+            headers.append((b"x-should-retry", b"false"))
+        body = openai_error_body(status, type, message, request_id=rid, param=param, code=code, detail=detail)
+    else:
+        body = error_body(type, message, rid, detail)
+    await send_whole(send, ex, status, headers, body)
 
 
 async def send_pending(send, ex: Exchange, ticket: "Ticket", *, preference: bytes | None) -> None:

@@ -26,7 +26,7 @@ from gateway.proxy.forward import forward
 from gateway.proxy.headers import header_value
 from gateway.proxy.hold import Holding
 from gateway.proxy.inflight import Streams
-from gateway.proxy.resolve import Resolver, model_in_body
+from gateway.proxy.resolve import Resolver, read_v1
 from gateway.proxy.stages import Callers, Observer, Planning, Recording, ServingGate
 from gateway.upstream import UpstreamError
 
@@ -51,6 +51,8 @@ class DataPlane:
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         ex = Exchange(request_id_from(headers))
+        if not scope["path"].startswith("/models/"):
+            ex.api = "openai"  # from the start, so every error on a /v1 route has the OpenAI shape
         client = scope.get("client")
         if client:
             ex.client_addr = client[0]
@@ -68,6 +70,8 @@ class DataPlane:
                 watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, ex))
                 if plan.captures:
                     ex.request_body = body
+            if (plan.buffers or not plan.call_model) and await self.holding.join_twin(headers, ex, plan, send):
+                return  # a retry of a held request: it waits on its ticket, the model is not asked again
             if not plan.call_model:
                 await self.holding.human_task(headers, ex, plan, send)
                 return
@@ -112,7 +116,8 @@ class DataPlane:
         elif failure.type == "evidence_unavailable":
             log.error("cannot record evidence: %s", exc, extra=rid)
         if not ex.sent_start:
-            await answers.send_error(send, ex, failure.status, failure.type, failure.message, failure.detail)
+            await answers.send_error(send, ex, failure.status, failure.type, failure.message, failure.detail,
+                                     param=failure.param, code=failure.code)
         # else: the answer started; it ends without its last message, so no client takes it for complete
 
     async def _resolve(self, scope, headers, receive, ex: Exchange):
@@ -135,7 +140,8 @@ class DataPlane:
         else:  # /v1/...: the JSON body names the model
             target = raw_path
             body = await read_body(receive, self.limit)
-            ex.model = self.resolver.known(model_in_body(body))
+            v1 = read_v1(body)
+            ex.model, ex.stream = self.resolver.known(v1.model), v1.stream
         ex.target = target + b"?" + query if query else target
         route, ex.level = self.resolver.active_route(ex.model)
         ex.version = route.name

@@ -24,7 +24,7 @@ class Exchange:
         "request_id", "started", "caller", "model", "version", "level", "route", "status",
         "upstream_seconds", "disconnected", "finished", "error_type", "method", "target",
         "request_body", "response_status", "response_headers", "response_body", "confidence", "ticket", "truncated",
-        "sent_start", "client_addr", "upstream_error",
+        "sent_start", "client_addr", "upstream_error", "api", "stream", "attached",
     )
 
     def __init__(self, request_id: bytes, started: float | None = None) -> None:
@@ -52,6 +52,9 @@ class Exchange:
         self.sent_start = False
         self.client_addr = "unknown"
         self.upstream_error: str | None = None  # connect, reset, timeout, protocol, ended
+        self.api = "generic"  # "openai" on /v1 routes: errors and held answers in the OpenAI shape
+        self.stream = False  # a /v1 body asked for a stream
+        self.attached = False  # a retry that joined its twin's ticket instead of asking the model again
 
     def gateway_headers(self) -> list[tuple[bytes, bytes]]:
         overhead = perf_counter() - self.started - self.upstream_seconds

@@ -8,6 +8,7 @@ field. The active version and the effective level come from the control state's 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.catalog import Catalog, VersionRoute
@@ -30,7 +31,8 @@ class Resolver:
     def known(self, name: str) -> str:
         """`name` if this gateway serves a model of that name, else 404 naming the ones it does."""
         if name not in self.catalog.models:
-            raise NotFound(f"unknown model {name!r}; known models: {', '.join(sorted(self.catalog.models))}")
+            raise NotFound(f"unknown model {name!r}; known models: {', '.join(sorted(self.catalog.models))}",
+                           param="model", code="model_not_found")
         return name
 
     def active_route(self, model: str) -> tuple[VersionRoute, int]:
@@ -42,15 +44,24 @@ class Resolver:
         return route, self.state.level_for(model)
 
 
-def model_in_body(body: bytes) -> str:
-    """The `model` a `/v1` request's JSON body names."""
+@dataclass(frozen=True, slots=True)
+class V1Request:
+    """What the data plane reads of a `/v1` JSON body (parsed once, here)."""
+
+    model: str
+    stream: bool
+
+
+def read_v1(body: bytes) -> V1Request:
+    """The `model` a `/v1` request's JSON body names, and whether it asks for a stream."""
     if not body:
-        raise BadRequest("a /v1 request needs a JSON body with a `model` field")
+        raise BadRequest("a /v1 request needs a JSON body with a `model` field", param="model")
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("request body is not valid JSON; /v1 routes are routed by the body's `model` field") from None
     model = doc.get("model") if isinstance(doc, dict) else None
     if not isinstance(model, str) or not model:
-        raise BadRequest("the JSON body has no `model` string; /v1 routes are routed by it")
-    return model
+        raise BadRequest("the JSON body has no `model` string; /v1 routes are routed by it", param="model")
+    return V1Request(model, doc.get("stream") is True)
+

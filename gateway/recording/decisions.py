@@ -47,6 +47,8 @@ def decision_record(ex: "Exchange", request_headers: list[tuple[bytes, bytes]], 
     }
     if ex.ticket:
         record["ticket"] = ex.ticket
+    if ex.attached:
+        record["attached"] = True  # a retry that joined its twin's ticket; the model was not asked again
     if ex.confidence is not None:
         record["confidence"] = ex.confidence
     if ex.truncated:

@@ -20,8 +20,10 @@ from typing import Any, Protocol
 
 from gateway.background import every
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
+from gateway.openai.completions import is_completion
 from gateway.policy import Review
 from gateway.recorder import NullRecorder, Recorder
+from gateway.review.retries import RetryHints, RetryIndex
 from gateway.review.tickets import DECIDED, EXPIRED, PENDING, Decision, DecisionIn, Ticket
 from gateway.store import Collections, StaleWrite, StoreUnavailable, Topics
 
@@ -53,11 +55,13 @@ class ReviewQueue:
         self._unsubscribe: list[Callable[[], None]] = []
         self._samples: list[Ticket] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.retries = RetryIndex(window=review.retry_window, idempotency_window=review.idempotency_window)
 
     # lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         self._unsubscribe.append(self.store.subscribe(DECISIONS_TOPIC, self._on_decided))
         self._unsubscribe.append(self.store.subscribe(CREATED_TOPIC, self._on_event))
+        await self._index_recent_tickets()
         interval = max(0.2, min(5.0, self.review.timeout / 4))
         self._sweeper = asyncio.create_task(every(interval, self.expire_due, "review expiry sweep", log),
                                             name="gateway-review-expiry")
@@ -81,10 +85,42 @@ class ReviewQueue:
 
     # holding -----------------------------------------------------------------------
     async def add(self, ticket: Ticket) -> Ticket:
-        """Store a new ticket durably, then announce it."""
+        """Store a new ticket durably, then announce it (with what a retry of its request would match)."""
         await self.store.insert(TICKETS, ticket.id, ticket.to_doc())
-        await self._announce(CREATED_TOPIC, {"event": "created", "ticket": ticket.id, "model": ticket.model})
+        self._note(ticket.id, ticket.caller, ticket.fingerprint, ticket.idempotency_key, ticket.created_at)
+        await self._announce(CREATED_TOPIC, {"event": "created", "ticket": ticket.id, "model": ticket.model,
+                                             "caller": ticket.caller, "fingerprint": ticket.fingerprint,
+                                             "idempotency_key": ticket.idempotency_key, "created_at": ticket.created_at})
         return ticket
+
+    async def twin(self, caller: str, fingerprint: str, hints: RetryHints) -> Ticket | None:
+        """The held ticket a request is a retry of (see `gateway.review.retries`), or None."""
+        found = self.retries.find(caller, fingerprint, hints)
+        if found is None:
+            return None
+        try:
+            return await self.get(found)
+        except NotFound:
+            return None
+
+    def _note(self, ticket: str, caller: str | None, fingerprint: str | None, key: str | None, created: float | None,
+              closed: bool = False) -> None:
+        if caller and fingerprint and created:
+            self.retries.note(ticket=ticket, caller=caller, fingerprint=fingerprint, idempotency_key=key,
+                              created=created, closed=closed)
+
+    async def _index_recent_tickets(self) -> None:
+        """Tickets held within the retry windows, so a retry that reaches this replica after a restart joins them."""
+        horizon = time.time() - max(self.review.retry_window, self.review.idempotency_window)
+        try:
+            recent = await self.store.query(TICKETS, limit=10_000, newest_first=True)
+        except StoreUnavailable as exc:
+            log.warning("could not read recent tickets for retries: %s", exc)
+            return
+        for doc in reversed(recent):
+            if doc.get("kind") != "sample" and (doc.get("created_at") or 0) >= horizon:
+                self._note(doc["id"], doc.get("caller"), doc.get("fingerprint"), doc.get("idempotency_key"),
+                           doc.get("created_at"), closed=doc.get("status") != PENDING)
 
     def add_sample(self, ticket: Ticket) -> None:
         """Queue a post-hoc sample; samples are stored in batches (nobody waits on them)."""
@@ -167,6 +203,10 @@ class ReviewQueue:
                 raise BadRequest("a held ticket takes an `action`: approve, override or reject")
             if decision_in.action == "approve" and ticket.recommendation is None:
                 raise BadRequest("there is no model answer to approve (the model was not called): override or reject")
+            if (decision_in.action == "override" and ticket.api == "openai"
+                    and not isinstance(decision_in.response, str) and not is_completion(decision_in.response)):
+                raise BadRequest("an OpenAI client asked: override with the answer's text, or a whole completion "
+                                 "with `choices`", param="response")
         decision = decision_in.by(reviewer, time.time())
         updated = ticket.closed(DECIDED, decision)
         await self._replace(ticket, updated)
@@ -207,12 +247,17 @@ class ReviewQueue:
                     del self._waiters[ticket_id]
 
     def _on_decided(self, message: dict[str, Any]) -> None:
-        for fut in self._waiters.get(message.get("ticket", ""), ()):
+        ticket = message.get("ticket", "")
+        self.retries.closed(ticket)
+        for fut in self._waiters.get(ticket, ()):
             if not fut.done():
                 fut.set_result(None)
         self._on_event(message)
 
     def _on_event(self, message: dict[str, Any]) -> None:
+        if message.get("event") == "created" and message.get("fingerprint"):  # held on another replica (or here)
+            self._note(message["ticket"], message.get("caller"), message["fingerprint"], message.get("idempotency_key"),
+                       message.get("created_at"))
         for listener in self._listeners:
             try:
                 listener(message)

@@ -128,14 +128,20 @@ class Ticket:
     claimed_by: str | None = None
     claim_until: float | None = None
     decision: Decision | None = None
+    api: str = "generic"  # "openai": the client is an OpenAI client (answers and errors in that shape)
+    stream: bool = False  # the client asked for a stream
+    fingerprint: str | None = None  # of the request (caller, method, target, body): a retry has the same one
+    idempotency_key: str | None = None  # the client's Idempotency-Key, if it sent one
 
     @classmethod
     def new(cls, *, kind: Kind, request_id: str, caller: str, model: str, version: str, level: int, reason: str,
             request: HeldRequest, recommendation: Recommendation | None, confidence: float | None,
-            timeout: float | None, policy_version: str) -> "Ticket":
+            timeout: float | None, policy_version: str, api: str = "generic", stream: bool = False,
+            fingerprint: str | None = None, idempotency_key: str | None = None) -> "Ticket":
         now = time.time()
         return cls(new_ticket_id(), kind, PENDING, request_id, caller, model, version, level, reason, now,
-                   now + timeout if timeout is not None else None, request, recommendation, confidence, policy_version)
+                   now + timeout if timeout is not None else None, request, recommendation, confidence, policy_version,
+                   api=api, stream=stream, fingerprint=fingerprint, idempotency_key=idempotency_key)
 
     @property
     def pending(self) -> bool:
@@ -157,6 +163,7 @@ class Ticket:
             "recommendation": self.recommendation.to_doc() if self.recommendation else None,
             "confidence": self.confidence, "claimed_by": self.claimed_by, "claim_until": self.claim_until,
             "decision": self.decision.to_doc() if self.decision else None, "policy_version": self.policy_version,
+            "api": self.api, "stream": self.stream, "fingerprint": self.fingerprint, "idempotency_key": self.idempotency_key,
         }
 
     @classmethod
@@ -167,7 +174,8 @@ class Ticket:
             int(doc["level"]), doc["reason"], float(doc["created_at"]), doc.get("expires_at"),
             HeldRequest.from_doc(doc.get("request") or {}), Recommendation.from_doc(rec) if rec else None,
             doc.get("confidence"), doc.get("policy_version", ""), doc.get("claimed_by"), doc.get("claim_until"),
-            Decision.from_doc(decision) if decision else None,
+            Decision.from_doc(decision) if decision else None, doc.get("api", "generic"), bool(doc.get("stream")),
+            doc.get("fingerprint"), doc.get("idempotency_key"),
         )
 
 
@@ -199,26 +207,32 @@ class DecisionIn(BaseModel):
                         status=self.status if override else None)
 
 
-def final_answer(ticket: Ticket) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """What the client receives once a held or human ticket is closed."""
+def decided_headers(ticket: Ticket) -> list[tuple[bytes, bytes]]:
+    """`X-Decision`, `X-Decided-By` and `X-Ticket` on every decided answer (never taken from an upstream)."""
     decision = ticket.decision or Decision("", 0.0)
-    action = decision.action
-    decided = [
-        (b"x-decision", str(action).encode()),
-        (b"x-decided-by", decision.by.encode("latin-1", "replace")),
-        (b"x-ticket", ticket.id.encode()),
-    ]
-    if action in ("approve", "release") and ticket.recommendation is not None:
+    return [(b"x-decision", str(decision.action).encode()),
+            (b"x-decided-by", decision.by.encode("latin-1", "replace")),
+            (b"x-ticket", ticket.id.encode())]
+
+
+def refusal(ticket: Ticket) -> tuple[str, str]:
+    """For a rejected or expired ticket: the error type and the message saying what happened."""
+    decision = ticket.decision or Decision("", 0.0)
+    if ticket.status == EXPIRED:
+        return "expired", f"no reviewer decided within the review timeout; closed as {decision.action} (policy on_expiry)"
+    return "rejected", f"a reviewer rejected this request{': ' + decision.note if decision.note else ''}"
+
+
+def final_answer(ticket: Ticket) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """What a generic client receives once a held or human ticket is closed."""
+    decision = ticket.decision or Decision("", 0.0)
+    decided = decided_headers(ticket)
+    if decision.action in ("approve", "release") and ticket.recommendation is not None:
         return ticket.recommendation.status, ticket.recommendation.wire_headers() + decided, ticket.recommendation.body
-    if action == "override":
+    if decision.action == "override":
         body = json.dumps(decision.response).encode()
         return decision.status or 200, [(b"content-type", b"application/json")] + decided, body
-    kind = "expired" if ticket.status == EXPIRED else "rejected"
-    message = (
-        f"no reviewer decided within the review timeout; closed as {action} (policy on_expiry)"
-        if kind == "expired"
-        else f"a reviewer rejected this request{': ' + decision.note if decision.note else ''}"
-    )
+    kind, message = refusal(ticket)
     error = {"error": {"type": kind, "message": message, "request_id": ticket.request_id, "ticket": ticket.id}}
     return 403, [(b"content-type", b"application/json")] + decided, json.dumps(error).encode()
 

@@ -31,7 +31,8 @@ async def gw(tmp_path, demo):
 
 async def _ask(gw, model: str, confidence: str, stream: bool = False):
     headers = {**auth("client"), "x-demo-confidence": confidence}
-    if model == "logprobs":
+    if model == "logprobs":  # an OpenAI client that knows the gateway: a held answer is a 202 at once
+        headers["prefer"] = "respond-async"
         body = {"model": model, "logprobs": True, "stream": stream, "messages": [{"role": "user", "content": "is it?"}]}
         return await gw.client.post("/v1/chat/completions", json=body, headers=headers)
     return await gw.client.post(f"/models/{model}/predict", json={"applicant": {"id": "c-1"}}, headers=headers)
@@ -60,7 +61,7 @@ async def test_a_buffered_stream_is_judged_whole_and_released_whole(gw):
 
 async def test_a_missing_confidence_is_held(gw):
     body = {"model": "logprobs", "messages": [{"role": "user", "content": "hi"}]}
-    r = await gw.client.post("/v1/chat/completions", json=body, headers=auth("client"))
+    r = await gw.client.post("/v1/chat/completions", json=body, headers={**auth("client"), "prefer": "respond-async"})
     assert r.status_code == 202  # no logprobs asked for, so none to read
     assert "missing or unreadable" in r.json()["reason"]
 

@@ -61,11 +61,13 @@ async def test_level_3_holds_every_answer_as_a_recommendation(make_gateway, demo
 async def test_level_4_never_calls_the_model(make_gateway, demo):
     async with make_gateway() as gw:
         await _set(gw, 4, "demo")
-        for _ in range(5):
-            r = await _predict(gw)
+        for i in range(5):  # five different requests (a byte-identical one would be a retry joining the first)
+            r = await gw.client.post("/models/demo/predict", json={"applicant": {**APPLICANT["applicant"], "id": f"h-{i}"}},
+                                     headers=auth("client"))
             assert r.status_code == 202
             assert (r.headers["x-oversight-level"], r.headers["x-oversight-route"]) == ("4", "human")
-        chat = await gw.client.post("/v1/chat/completions", json={"model": "demo", "stream": True, "messages": []}, headers=auth("client"))
+        chat = await gw.client.post("/v1/chat/completions", json={"model": "demo", "stream": True, "messages": []},
+                                    headers={**auth("client"), "prefer": "respond-async"})
         assert chat.status_code == 202
         tickets = await _tickets(gw, "pending")
         assert len(tickets) == 6 and all(t["kind"] == "human" and t["recommendation"] is None for t in tickets)

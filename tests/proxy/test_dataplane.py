@@ -153,6 +153,17 @@ async def test_a_streamed_request_body_passes_through(gw, echo):
 
 
 # errors ----------------------------------------------------------------------------
+def _openai_error(r: httpx.Response, status: int, type: str, code: str) -> dict:
+    """The OpenAI error shape every /v1 error has: type, code and param as the SDKs read them, and the request id."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == (type, code) and "param" in error
+    assert error["request_id"] == r.headers["x-request-id"]
+    assert error["message"]
+    return error
+
+
 def _error(r: httpx.Response, status: int, type: str) -> dict:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
@@ -166,12 +177,15 @@ def _error(r: httpx.Response, status: int, type: str) -> dict:
 async def test_unknown_model_is_404_on_both_routes(gw):
     e = _error(await gw.client.post("/models/nope/predict", json={}, headers=auth("client")), 404, "not_found")
     assert "nope" in e["message"] and "demo" in e["message"]
-    _error(await gw.client.post("/v1/chat/completions", json={"model": "nope"}, headers=auth("client")), 404, "not_found")
+    e = _openai_error(await gw.client.post("/v1/chat/completions", json={"model": "nope"}, headers=auth("client")), 404,
+                      "invalid_request_error", "model_not_found")
+    assert e["param"] == "model" and "nope" in e["message"]
 
 
 @pytest.mark.parametrize("body", [b"not json", b"", b"[1,2]", b'{"model": 7}', b'{"messages": []}'])
 async def test_v1_body_without_a_usable_model_is_400(gw, body):
-    _error(await gw.client.post("/v1/chat/completions", content=body, headers=auth("client")), 400, "bad_request")
+    _openai_error(await gw.client.post("/v1/chat/completions", content=body, headers=auth("client")), 400,
+                  "invalid_request_error", "invalid_request")
 
 
 async def test_a_body_over_the_limit_is_413(gw, echo):
@@ -183,8 +197,8 @@ async def test_a_body_over_the_limit_is_413(gw, echo):
             yield b"y" * 100
 
     _error(await gw.client.post("/models/echo/echo", content=chunked(), headers=auth("client")), 413, "payload_too_large")
-    _error(await gw.client.post("/v1/chat/completions", content=b'{"model":"echo","p":"' + b"z" * 1000 + b'"}',
-                                headers=auth("client")), 413, "payload_too_large")
+    _openai_error(await gw.client.post("/v1/chat/completions", content=b'{"model":"echo","p":"' + b"z" * 1000 + b'"}',
+                                       headers=auth("client")), 413, "invalid_request_error", "request_too_large")
     assert all(len(seen.body) <= 1000 for seen in echo.requests)
 
 
@@ -256,7 +270,7 @@ async def test_only_health_endpoints_are_open(gw):
     assert (await gw.client.get("/readyz")).json()["status"] == "ready"
     _error(await gw.client.get("/metrics"), 401, "unauthorized")
     _error(await gw.client.get("/metrics", headers=auth("client")), 403, "forbidden")
-    _error(await gw.client.get("/v1/models"), 401, "unauthorized")
+    _openai_error(await gw.client.get("/v1/models"), 401, "invalid_request_error", "invalid_api_key")
     _error(await gw.client.get("/no/such/thing"), 404, "not_found")
 
 

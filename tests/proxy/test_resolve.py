@@ -9,7 +9,7 @@ from gateway.config import load_config
 from gateway.control import keys
 from gateway.control.state import ControlState
 from gateway.errors import BadRequest, GatewayError, NotFound
-from gateway.proxy.resolve import Resolver, model_in_body
+from gateway.proxy.resolve import Resolver, V1Request, read_v1
 from gateway.store.embedded import EmbeddedStore
 from tests.support import write_config
 
@@ -61,8 +61,10 @@ async def test_no_reachable_active_version_is_503(resolver):
 ])
 def test_a_v1_body_without_a_usable_model_is_400(body, says):
     with pytest.raises(BadRequest, match=says):
-        model_in_body(body)
+        read_v1(body)
 
 
-def test_a_v1_body_names_its_model():
-    assert model_in_body(b'{"model": "credit", "messages": []}') == "credit"
+def test_a_v1_body_names_its_model_and_whether_it_streams():
+    assert read_v1(b'{"model": "credit", "messages": []}') == V1Request("credit", False)
+    assert read_v1(b'{"model": "credit", "stream": true}') == V1Request("credit", True)
+    assert read_v1(b'{"model": "credit", "stream": "yes"}') == V1Request("credit", False)
