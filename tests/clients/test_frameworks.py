@@ -115,3 +115,24 @@ def test_litellm_raises_naming_the_ticket_when_no_decision_comes(gateway, demo):
     assert gateway.post(f"/review/tickets/{ticket}/decision", {"action": "reject"}, "reviewer").status_code == 200
     assert gateway.get(f"/v1/decisions/{ticket}", "client").status_code == 403
     assert demo.stats()["requests"] == 1
+
+
+# level 2: a low-confidence stream is held, then streamed as decided ----------------------------------------
+def test_langchain_streams_a_held_low_confidence_answer_once_approved(gateway, reviewer, demo):
+    reviewer.will("doubtful", "approve")
+    chat = ChatOpenAI(base_url=gateway.v1, api_key=client_token(), model="doubtful", default_headers={"x-demo-confidence": "0.4"})
+    text = "".join(chunk.content for chunk in chat.stream(_unique("unsure")))
+    reviewer.join()
+    assert text.startswith("Demo answer") and len(reviewer.decided) == 1
+    assert demo.stats()["requests"] == 1
+
+
+def test_litellm_streams_a_held_low_confidence_answer_once_approved(gateway, reviewer, demo):
+    reviewer.will("doubtful", "approve")
+    result = litellm.completion(model="openai/doubtful", api_base=gateway.v1, api_key=client_token(), stream=True,
+                                messages=[{"role": "user", "content": _unique("unsure")}],
+                                extra_headers={"x-demo-confidence": "0.4"})
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in result)
+    reviewer.join()
+    assert text.startswith("Demo answer") and len(reviewer.decided) == 1
+    assert demo.stats()["requests"] == 1

@@ -70,3 +70,18 @@ def test_level_4_is_answered_by_a_human_and_never_calls_the_model(gateway, revie
     reviewer.will("paused", "override", response="A person, while the model is paused.")
     assert _node(gateway, "paused")["content"] == "A person, while the model is paused."
     assert demo.stats()["requests"] == 0
+
+
+def test_a_held_low_confidence_stream_at_level_2_streams_once_approved(gateway, reviewer, demo):
+    reviewer.will("doubtful", "approve")
+    result = _node(gateway, "doubtful", stream=True, headers={"x-demo-confidence": "0.4"})
+    reviewer.join()
+    assert result["ok"] and result["content"].startswith("Demo answer") and result["chunks"] > 2, result
+    assert len(reviewer.decided) == 1 and demo.stats()["requests"] == 1
+
+
+def test_a_rejected_stream_at_level_2_raises(gateway, reviewer, demo):
+    reviewer.will("doubtful", "reject", note="too unsure to send")
+    result = _node(gateway, "doubtful", stream=True, headers={"x-demo-confidence": "0.4"})
+    assert not result["ok"] and "too unsure to send" in result["error"]["message"], result
+    assert demo.stats()["requests"] == 1
