@@ -11,6 +11,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from gateway.config import Config, Timeouts, UpstreamTls, VersionConfig
+from gateway.configfile import ConfigError
 from gateway.upstream import UpstreamPool
 
 
@@ -31,19 +32,27 @@ class ModelRoute:
 
 
 def upstream_ssl_context(tls: UpstreamTls | None) -> ssl.SSLContext | None:
-    """TLS to an upstream as configured: private CA, client certificate, or verification off."""
+    """TLS to an upstream as configured: private CA, client certificate, or verification off.
+
+    Files that exist but cannot be used (not PEM, a key that does not match) are a
+    `ValueError` saying so.
+    """
     if tls is None:
         return None
-    context = ssl.create_default_context(cafile=str(tls.ca_bundle) if tls.ca_bundle else None)
-    if tls.client_cert:
-        context.load_cert_chain(str(tls.client_cert), str(tls.client_key) if tls.client_key else None)
+    try:
+        context = ssl.create_default_context(cafile=str(tls.ca_bundle) if tls.ca_bundle else None)
+        if tls.client_cert:
+            context.load_cert_chain(str(tls.client_cert), str(tls.client_key) if tls.client_key else None)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"cannot use the TLS files: {exc}") from None
     if not tls.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
 
 
-def make_version_route(model: str, name: str, version: VersionConfig, timeouts: Timeouts) -> VersionRoute:
+def make_version_route(model: str, name: str, version: VersionConfig, timeouts: Timeouts,
+                       max_connections: int = 512) -> VersionRoute:
     url = str(version.upstream)
     pool = UpstreamPool(
         url,
@@ -51,6 +60,7 @@ def make_version_route(model: str, name: str, version: VersionConfig, timeouts: 
         connect_timeout=timeouts.connect,
         read_timeout=timeouts.read,
         idle_timeout=timeouts.pool_idle,
+        max_connections=max_connections,
     )
     extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in version.headers.items()]
     return VersionRoute(model, name, url, pool, extra, name.encode())
@@ -61,19 +71,28 @@ class Catalog:
 
     def __init__(self, config: Config) -> None:
         self.timeouts = config.timeouts
+        self.max_connections = config.limits.upstream_connections
         self.models: dict[str, ModelRoute] = {}
+        problems = []
         for model_name, model in config.models.items():
             route = ModelRoute(model_name)
             for version_name, version in model.versions.items():
-                route.versions[version_name] = make_version_route(model_name, version_name, version, config.timeouts)
+                try:
+                    route.versions[version_name] = make_version_route(model_name, version_name, version, config.timeouts,
+                                                                      self.max_connections)
+                except ValueError as exc:
+                    problems.append(f"{config.source or 'config'}: models.{model_name}.versions.{version_name}.tls: {exc}")
             self.models[model_name] = route
+        if problems:
+            self.close()
+            raise ConfigError(problems)
 
     def add_version(self, model: str, name: str, version: VersionConfig) -> VersionRoute:
         route = self.models.setdefault(model, ModelRoute(model))
         existing = route.versions.get(name)
         if existing is not None:
             return existing
-        added = make_version_route(model, name, version, self.timeouts)
+        added = make_version_route(model, name, version, self.timeouts, self.max_connections)
         route.versions[name] = added
         return added
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
@@ -26,6 +27,10 @@ Role = Literal["client", "reviewer", "operator", "auditor"]
 ROLES: tuple[str, ...] = ("client", "reviewer", "operator", "auditor")
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+
+DEFAULT_CONTROL_BODY_BYTES = 1 << 20
 
 
 class _Strict(BaseModel):
@@ -89,9 +94,36 @@ class Trust(_Strict):
         return self
 
 
+def _sendable_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Headers the gateway sends as they are: a field name, and a value that cannot end or split the header.
+
+    Checked after `${ENV}` interpolation, for config files and versions added at run time
+    alike. Values are never shown in the message: they are usually credentials.
+    """
+    for name, value in headers.items():
+        if not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"header name {name!r} is not an HTTP field name (letters, digits and !#$%&'*+-.^_`|~)")
+        if name.lower() in _FRAMING:
+            raise ValueError(f"header {name} is the gateway's to set on each request (it frames the message); "
+                             f"it cannot be configured")
+        if "\r" in value or "\n" in value or "\0" in value:
+            raise ValueError(f"header {name}: the value holds a CR, LF or NUL character, which would end the header")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError(f"header {name}: the value is not latin-1 text (header values go on the wire as bytes)") from None
+    return headers
+
+
+_FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+                      "trailer", "expect", "proxy-connection"})
+
+Headers = Annotated[dict[str, str], AfterValidator(_sendable_headers)]
+
+
 class VersionConfig(_Strict):
     upstream: AnyHttpUrl
-    headers: dict[str, str] = Field(default_factory=dict, description="added to every upstream request, e.g. an API key")
+    headers: Headers = Field(default_factory=dict, description="added to every upstream request, e.g. an API key")
     tls: UpstreamTls | None = None
     artifact: Path | None = None
     signature: Path | None = None
@@ -121,9 +153,22 @@ class VersionConfig(_Strict):
         return self.artifact is not None
 
 
+class RunTimeVersions(_Strict):
+    """What a version added at run time (`POST /admin/models/{m}/versions`) may take from the environment.
+
+    Its `${VAR}` references are resolved on each replica and sent to the upstream the
+    operator names; only the variables listed here may be named (default: none), so an
+    operator cannot send another model's key, or anything else in the environment, away.
+    """
+
+    allowed_env: tuple[Annotated[str, Field(pattern=_ENV_NAME)], ...] = Field(
+        (), description="environment variables its ${VAR} references may name, e.g. [CREDIT_API_KEY]")
+
+
 class ModelConfig(_Strict):
     active: str | None = Field(None, description="the version that serves at first start; default: the first listed")
     versions: dict[Annotated[str, Field(pattern=_NAME)], VersionConfig] = Field(min_length=1)
+    versions_api: RunTimeVersions = RunTimeVersions()
 
     @model_validator(mode="after")
     def _active_known(self) -> "ModelConfig":
@@ -164,12 +209,21 @@ class TokenConfig(_Strict):
 class Limits(_Strict):
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_response_buffer_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest answer held for review")
+    max_control_body_bytes: int = Field(DEFAULT_CONTROL_BODY_BYTES, gt=0,
+                                        description="largest control-plane body (JSON, console form); 413 while reading")
+    max_header_bytes: int = Field(64 * 1024, gt=0, description="a request's header block, read before anything else: 431")
+    max_headers: int = Field(128, gt=0, description="header fields in one request: 431")
+    max_url_bytes: int = Field(16 * 1024, gt=0, description="the request target: 414")
+    upstream_connections: int = Field(512, gt=0, description="connections one version may hold to its upstream")
 
 
 class Timeouts(_Strict):
     connect: Seconds = 5.0
     read: Seconds = Field(120.0, description="longest wait for the upstream's next bytes")
     pool_idle: Seconds = Field(30.0, description="idle keep-alive connections are closed after this")
+    client_header: Seconds = Field(10.0, gt=0, description="a client's whole header block must arrive within this: 408")
+    client_body: Seconds = Field(60.0, gt=0, description="a client's whole body must arrive within this, once its "
+                                                          "headers are in: 408")
 
 
 class MetricsConfig(_Strict):
@@ -224,7 +278,7 @@ class WebhookTarget(_Strict):
     name: str = Field(pattern=_NAME)
     url: AnyHttpUrl
     format: Literal["json", "slack"] = "json"
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
     events: tuple[Literal["detected", "acknowledged", "note", "resolved"], ...] | None = Field(
         None, description="only these incident events (default: all)")
 

@@ -2,12 +2,17 @@
 
 Both the gateway config and the policy files go through here, so an operator sees the
 same kind of message for either: `FILE: field.path: what was expected (got ...)`.
+
+A file is bounded before anything walks it: at most `MAX_FILE_BYTES`, nested at most
+`MAX_DEPTH` deep, and at most `MAX_VALUES` values counted as if every YAML alias were
+written out (a "billion laughs" file is a few lines that expand to billions of values).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -36,6 +41,10 @@ Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+
 
 class ConfigError(Exception):
     """A file that cannot be used; `problems` holds one line per problem."""
@@ -61,7 +70,11 @@ def load_model(path: str | Path, model: type[M], *, context: dict[str, Any] | No
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ConfigError([f"{path}: the file is larger than {MAX_FILE_BYTES} bytes"])
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{path}: file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -73,11 +86,33 @@ def read_yaml(path: Path) -> dict[str, Any]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{path}: {where}YAML syntax error: {problem}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested more than {MAX_DEPTH} levels deep"]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping at the top level (got {type(data).__name__})"])
+    problem = _too_big(data)
+    if problem:
+        raise ConfigError([f"{path}: {problem}"])
     return data
+
+
+def _too_big(data: Any) -> str | None:
+    """Why `data` is too deep or too large to walk, or None; shared (aliased) values count each time they appear."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    values = 0
+    while stack:
+        value, loc = stack.pop()
+        values += 1
+        if values > MAX_VALUES:
+            return f"more than {MAX_VALUES} values once YAML aliases are expanded"
+        if isinstance(value, (dict, list)):
+            if len(loc) >= MAX_DEPTH:
+                return f"{_dotted(loc)}: nested more than {MAX_DEPTH} levels deep"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((item, loc + (key,)) for key, item in items)
+    return None
 
 
 def describe_errors(exc: ValidationError) -> list[str]:
@@ -119,7 +154,11 @@ def _friendly(err: dict[str, Any]) -> str:
 
 
 def interpolate(value: Any, loc: tuple[Any, ...], problems: list[str], file: str) -> Any:
-    """Replace `${VAR}` and `${VAR:-default}` in every string; secrets stay out of files."""
+    """Replace `${VAR}` and `${VAR:-default}` in every string; secrets stay out of files.
+
+    Recursive: callers hand it values already bounded (`read_yaml`, or a client body
+    parsed by the control plane's JSON parser).
+    """
     if isinstance(value, dict):
         return {k: interpolate(v, loc + (k,), problems, file) for k, v in value.items()}
     if isinstance(value, list):
@@ -138,6 +177,23 @@ def interpolate(value: Any, loc: tuple[Any, ...], problems: list[str], file: str
 
         return _ENV_REF.sub(substitute, value)
     return value
+
+
+def env_references(value: Any) -> Iterator[tuple[str, str | None]]:
+    """Every `${` in the strings of `value`: (where, the variable it names, or None when it is no reference)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack:
+        item, loc = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, loc + (k,)) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, loc + (i,)) for i, v in enumerate(item))
+        elif isinstance(item, str):
+            start = item.find("${")
+            while start != -1:
+                match = _ENV_REF.match(item, start)
+                yield _dotted(loc), match.group(1) if match else None
+                start = item.find("${", start + 2)
 
 
 def resolve_path(value: str | Path | None, base_dir: Path | None) -> Path | None:

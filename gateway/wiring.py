@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from gateway.api import control_app
 from gateway.api.decisions import DecisionsApi
 from gateway.api.evidence import EvidenceApi
@@ -30,6 +32,7 @@ from gateway.auth import TokenTable
 from gateway.background import Background
 from gateway.catalog import Catalog
 from gateway.config import Config, load_config
+from gateway.configfile import ConfigError
 from gateway.console import console_routes
 from gateway.console.dashboard import Dashboard
 from gateway.console.review import ReviewPages
@@ -49,7 +52,7 @@ from gateway.oversight.plan import Planner
 from gateway.policy import Policy, load_policy
 from gateway.proxy.dataplane import DataPlane
 from gateway.proxy.hold import Holding
-from gateway.proxy.inflight import Streams
+from gateway.proxy.inflight import InFlight
 from gateway.proxy.observers import AccessLog, RecentRequests, TrafficMetrics
 from gateway.proxy.resolve import Resolver
 from gateway.recorder import NullRecorder, Recorder
@@ -127,8 +130,8 @@ class Gateway:
                                        policy_version=policy.version, redact=redact,
                                        redact_pointers={n: p.redact_body or () for n, p in self.model_policies.items()})
                      if self.evidence else NoRecording())
-        self.streams = Streams(end_on_pause=oversight.end_streams_on_pause)
-        self.state.add_listener(self.streams.on_state_change)  # a pause on any replica ends streams here
+        self.inflight = InFlight(self.state, end_streams_on_pause=oversight.end_streams_on_pause)
+        self.state.add_listener(self.inflight.on_state_change)  # a raise on any replica reaches exchanges here
         observers: list[Any] = [TrafficMetrics(self.metrics), self.monitor, self.recent]
         if config.logging.access_log:
             observers.append(AccessLog(logging.getLogger("gateway.access")))
@@ -137,14 +140,14 @@ class Gateway:
             resolver=Resolver(self.catalog, self.state),
             gate=self.integrity,
             planner=self.planner,
-            holding=Holding(self.review, recording, policy.review,
+            holding=Holding(self.review, recording, self.planner, policy.review,
                             confidence={n: p.confidence for n, p in self.model_policies.items()},
                             waits={n: p.hold_wait for n, p in self.model_policies.items()},
                             buffer_limit=config.limits.max_response_buffer_bytes, redact=redact,
                             policy_version=policy.version),
             recording=recording,
             observers=observers,
-            streams=self.streams,
+            inflight=self.inflight,
             limits=config.limits,
         )
 
@@ -153,31 +156,43 @@ class Gateway:
                            sampling_key=lambda: self.planner.sampling_key,
                            sample_rates={n: p.sample_rate for n, p in self.model_policies.items()})
                    if self.evidence else None)
+        body_cap = config.limits.max_control_body_bytes
         self.sessions = sessions = Sessions(self.store, {t.id: t.all_roles for t in config.tokens})
         self.hub = hub = QueueHub(self.review)  # the console's live queue events, for every open stream here
         self.control = control_app([
             *OpsApi(self.tokens, self.state, self.catalog, self.metrics, metrics_public=config.metrics.public,
                     started_at=lambda: self.started_at).routes(),
             *DecisionsApi(self.tokens, self.review, policy.review).routes(),
-            *OversightApi(self.tokens, self.levels).routes(),
-            *ReviewApi(self.tokens, self.review).routes(),
+            *OversightApi(self.tokens, self.levels, max_body_bytes=body_cap).routes(),
+            *ReviewApi(self.tokens, self.review, max_body_bytes=body_cap).routes(),
             *ModelsApi(self.tokens, self.state, self.catalog, self.integrity).routes(),
-            *VersionsApi(self.tokens, self.registry, self.switcher).routes(),
-            *EvidenceApi(self.tokens, self.evidence, exports).routes(),
-            *IncidentsApi(self.tokens, self.incidents, self.monitor).routes(),
+            *VersionsApi(self.tokens, self.registry, self.switcher, max_body_bytes=body_cap).routes(),
+            *EvidenceApi(self.tokens, self.evidence, exports, max_body_bytes=body_cap).routes(),
+            *IncidentsApi(self.tokens, self.incidents, self.monitor, max_body_bytes=body_cap).routes(),
             *console_routes(
-                SignIn(sessions, hub, self.tokens, self.recorder, refused=self.monitor.refused),
-                ReviewPages(sessions, hub, self.review),
+                SignIn(sessions, hub, self.tokens, self.recorder, refused=self.monitor.refused, max_body_bytes=body_cap),
+                ReviewPages(sessions, hub, self.review, max_body_bytes=body_cap),
                 Dashboard(sessions, self.state, self.levels, self.registry, self.switcher, self.incidents, self.review,
-                          self.monitor.counters, self.store),
+                          self.monitor.counters, self.store, max_body_bytes=body_cap),
             ),
         ])
         self._retention: asyncio.Task[None] | None = None
 
     @classmethod
     def from_files(cls, config_path: str | Path) -> "Gateway":
+        """Load, validate and build: everything that can refuse a file before the gateway listens (`ConfigError`).
+
+        `gateway serve` and `gateway config check` both start here, so they accept the same files.
+        """
         config = load_config(config_path)
-        return cls(config, load_policy(config.policy))
+        gateway = cls(config, load_policy(config.policy))
+        try:
+            gateway.notifier.check_template()
+        except jinja2.TemplateError as exc:
+            gateway.catalog.close()
+            raise ConfigError([f"{config.policy}: notifications.template: cannot use it: "
+                               f"{exc.__class__.__name__}: {exc}"]) from None
+        return gateway
 
     @property
     def sampling_key(self) -> bytes:

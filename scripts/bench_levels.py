@@ -11,12 +11,18 @@ sent, and the flip's latency is the slowest replica's ("every replica"). Then th
 lowered back to 0 (the benchmark's policy turns two-person lowering off) and the probers
 confirm every replica answers from the model again before the next flip.
 
-Part 2, the cost of sampling at level 0. Two gateways, one with the default policy (2 %
+Part 2, kill under load. Three replicas in front of a demo model that takes a second per
+answer, 200 requests per second spread over them (about 200 answers in flight at any
+moment). `POST /admin/kill` lands mid-load; every answer the clients receive after the
+call answered is checked: none may be a model's answer (each must be a human task), on
+any replica.
+
+Part 3, the cost of sampling at level 0. Two gateways, one with the default policy (2 %
 of level-0 requests sampled for post-hoc review), one with `sample_rate: {0: 0.0}`,
 driven alternately with wrk like scripts/bench_proxy.py; median req/s and the ratio.
 
-    python scripts/bench_levels.py                    # both parts (about a minute)
-    python scripts/bench_levels.py --flips 20 --rounds 0
+    python scripts/bench_levels.py                    # all three parts (about a minute and a half)
+    python scripts/bench_levels.py --flips 20 --rounds 0 --load-seconds 0
 """
 
 from __future__ import annotations
@@ -325,6 +331,88 @@ def kill_latency(args: argparse.Namespace) -> dict:
 
 
 # part 2 -----------------------------------------------------------------------------
+def kill_under_load(args: argparse.Namespace) -> dict:
+    """200 req/s of 1-second answers over 3 replicas; a kill mid-load; no model answer delivered after it answered."""
+    import asyncio
+
+    with b.tempdir() as tmp:
+        redis_proc, redis_port = start_redis(tmp)
+        store = f"redis://127.0.0.1:{redis_port}/0"
+        up_port = b.free_port()
+        upstream = b.demo_model(up_port, None, "--latency-ms", "1000")
+        replicas, ports = [], []
+        try:
+            for i in range(3):
+                d = tmp / f"loaded{i}"
+                d.mkdir()
+                port = b.free_port()
+                config = b.write_config(d, up_port, port, store=store, policy_overrides="defaults: {sample_rate: {0: 0.0}}\n")
+                replicas.append(b.gateway(config, port, log=d / "gateway.log"))
+                ports.append(port)
+            time.sleep(1.0)
+            results, answered = asyncio.run(_load_and_kill(ports, args.load_rate, args.load_seconds))
+        finally:
+            for proc in replicas:
+                b.stop(proc)
+            b.stop(upstream)
+            b.stop(redis_proc)
+    late_model_answers = {i: 0 for i in range(3)}
+    after = {i: 0 for i in range(3)}
+    for replica, received, status, route, level in results:
+        if received > answered:
+            after[replica] += 1
+            if status == 200 and route != "human":
+                late_model_answers[replica] += 1
+    total = len(results)
+    print(f"kill under load: 3 replicas on one redis-server, demo model answering in 1 s, {args.load_rate:g} req/s for "
+          f"{args.load_seconds:g} s ({total} requests), POST /admin/kill after {args.load_seconds / 2:g} s")
+    for i in range(3):
+        print(f"  replica {i}: {after[i]} answers received after the kill answered, of which model answers: "
+              f"{late_model_answers[i]}")
+    zero = sum(late_model_answers.values()) == 0
+    print(f"  target: zero model answers delivered after the call returned, on every replica: {'met' if zero else 'NOT met'}")
+    return {"requests": total, "after": after, "late_model_answers": late_model_answers, "target_met": zero}
+
+
+async def _load_and_kill(ports: list[int], rate: float, seconds: float) -> tuple[list[tuple], float]:
+    import asyncio
+
+    import httpx
+
+    results: list[tuple] = []
+    answered = float("inf")
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        async def one(i: int) -> None:
+            replica = i % len(ports)
+            r = await client.post(f"http://127.0.0.1:{ports[replica]}/models/demo/predict",
+                                  content=PREDICT.replace("a-17", f"l-{i}"),
+                                  headers={"authorization": f"Bearer {b.CLIENT_TOKEN}", "content-type": "application/json",
+                                           "prefer": "respond-async"})
+            results.append((replica, time.perf_counter(), r.status_code, r.headers.get("x-oversight-route"),
+                            r.headers.get("x-oversight-level")))
+
+        async def kill() -> float:
+            await asyncio.sleep(seconds / 2)
+            r = await client.post(f"http://127.0.0.1:{ports[0]}/admin/kill", json={"reason": "bench: kill under load"},
+                                  headers={"authorization": f"Bearer {b.OPERATOR_TOKEN}"})
+            done = time.perf_counter()
+            if r.status_code != 200 or r.json().get("applied_by") != 3:
+                raise RuntimeError(f"kill answered {r.status_code}: {r.text}")
+            return done
+
+        tasks = []
+        killer = asyncio.create_task(kill())
+        started = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(i)))
+        answered = await killer
+        await asyncio.gather(*tasks)
+    return results, answered
+
+
+# part 3 -----------------------------------------------------------------------------
 def metric_routes(port: int) -> dict[str, float]:
     """gateway_requests_total by route, from /metrics."""
     import re
@@ -412,8 +500,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3, help="flips run first and not counted")
     parser.add_argument("--interval-ms", type=float, default=1.0, help="pause between a probe's answer and its next request")
     parser.add_argument("--target-ms", type=float, default=20.0)
-    parser.add_argument("--rounds", type=int, default=6, help="part 2 rounds (0: skip part 2)")
-    parser.add_argument("--seconds", type=float, default=4.0, help="part 2: seconds per wrk run")
+    parser.add_argument("--load-rate", type=float, default=200.0, help="part 2: requests per second")
+    parser.add_argument("--load-seconds", type=float, default=6.0, help="part 2: seconds of load (0: skip part 2)")
+    parser.add_argument("--rounds", type=int, default=6, help="part 3 rounds (0: skip part 3)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="part 3: seconds per wrk run")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON too")
     args = parser.parse_args()
     if args.flips < 1:
@@ -421,6 +511,8 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load generator: "
           f"{'wrk' if shutil.which('wrk') else 'scripts/loadgen.py'}; load average before: {_load()}")
     out = {"kill": kill_latency(args)}
+    if args.load_seconds > 0:
+        out["kill_under_load"] = kill_under_load(args)
     if args.rounds > 0:
         out["sampling"] = sampling_cost(args)
     print(f"load average after: {_load()} (anything else running on the machine shows here and in the numbers)")

@@ -113,8 +113,12 @@ def write_config(
     policy: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     name: str = "gateway.yaml",
+    model_settings: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """A config file for `models` ({name: {version: upstream_url or version dict}})."""
+    """A config file for `models` ({name: {version: upstream_url or version dict}}).
+
+    `model_settings` adds fields beside a model's `versions` ({name: {"versions_api": ...}}).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     policy_path = directory / f"{Path(name).stem}-policy.yaml"
     policy_path.write_text(yaml.safe_dump({"extends": str(DEFAULT_POLICY), **(policy or {})}))
@@ -129,7 +133,8 @@ def write_config(
             for name, token in TOKENS.items()
         ],
         "models": {
-            model: {"versions": {v: (spec if isinstance(spec, dict) else {"upstream": spec}) for v, spec in versions.items()}}
+            model: {"versions": {v: (spec if isinstance(spec, dict) else {"upstream": spec}) for v, spec in versions.items()},
+                    **(model_settings or {}).get(model, {})}
             for model, versions in models.items()
         },
     }
@@ -223,6 +228,39 @@ class GatewayProcess:
         return code
 
 
+async def kept_state(gateway: Any) -> dict[str, Any]:
+    """What a running gateway keeps that a request could change: control documents and their epoch, the audit
+    trail, the stored collections, and the evidence log's size and legal holds. Equal before and after a refused
+    request, or the refusal changed something."""
+    from gateway.console.session import SESSIONS
+    from gateway.incidents.manager import CAUSES, INCIDENTS
+    from gateway.incidents.notify import OUTBOX
+    from gateway.oversight.levels import CHANGES
+    from gateway.review.queue import TICKETS
+
+    store = gateway.store
+    snapshot = await store.snapshot()
+    log = gateway.evidence.log if gateway.evidence is not None else None
+    return {
+        "epoch": snapshot.epoch,
+        "docs": snapshot.docs,
+        "audit": await store.audit_log(limit=10_000),
+        "collections": {name: await store.query(name, limit=10_000)
+                        for name in (TICKETS, CHANGES, INCIDENTS, CAUSES, OUTBOX, SESSIONS, "feedback")},
+        "evidence_records": log.size if log is not None else None,
+        "legal_holds": log.legal_holds() if log is not None else None,
+    }
+
+
+async def console_session(client: httpx.AsyncClient, who: str) -> dict[str, str]:
+    """Sign in to the console as `who` over HTTP: headers carrying the session cookie and its CSRF token."""
+    r = await client.post("/console/login", data={"token": TOKENS[who]}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    cookie = {"cookie": "gw_console=" + r.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]}
+    html = (await client.get("/console/review", headers={**cookie, "accept": "text/html"})).text
+    return {**cookie, "x-csrf-token": html.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]}
+
+
 async def eventually(check, timeout: float = 5.0, interval: float = 0.02):
     """Poll an async `check()` until it returns a truthy value (which is returned)."""
     deadline = time.monotonic() + timeout
@@ -293,10 +331,11 @@ def gateway_factory(tmp_path: Path, models: dict[str, Any]):
 
     @asynccontextmanager
     async def make(*, policy: dict[str, Any] | None = None, store: str = "embedded", extra: dict[str, Any] | None = None,
-                   directory: Path | None = None):
+                   directory: Path | None = None, model_settings: dict[str, dict[str, Any]] | None = None):
         nonlocal count
         count += 1
-        config = write_config(directory or tmp_path / f"gw{count}", models, store=store, policy=policy, extra=extra)
+        config = write_config(directory or tmp_path / f"gw{count}", models, store=store, policy=policy, extra=extra,
+                              model_settings=model_settings)
         async with serve_in_process(config) as running:
             yield running
 

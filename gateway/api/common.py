@@ -1,4 +1,4 @@
-"""What every control-plane handler shares: auth, JSON in and out, the error shape.
+"""What every control-plane handler shares: auth, JSON in (`gateway.api.bodies`) and out, the error shape.
 
 Errors are mapped once (`gateway.failures`): `on_error` is the control app's one
 exception handler, so an outage or a refusal reads the same here as on the data plane.
@@ -6,17 +6,16 @@ exception handler, so an outage or a refusal reads the same here as on the data 
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.api.bodies import parse_json, read_capped, validate_body
 from gateway.auth import Caller
-from gateway.configfile import describe_errors
 from gateway.errors import BadRequest, error_body
 from gateway.failures import INTERNAL, failure_of
 from gateway.openai.errors import openai_error_body
@@ -46,19 +45,18 @@ def ok(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> J
     return JSONResponse(data, status_code=status, headers=headers)
 
 
-async def body_as(request: Request, model: type[M]) -> M:
-    """The request's JSON body validated as `model`, or a 400 naming each problem."""
-    raw = await request.body()
-    if not raw:
+async def body_as(request: Request, model: type[M], *, limit: int) -> M:
+    """The request's JSON body (at most `limit` bytes) validated as `model`, or a 4xx naming each problem."""
+    body = await optional_body_as(request, model, limit=limit)
+    if body is None:
         raise BadRequest("expected a JSON body")
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise BadRequest("request body is not valid JSON") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise BadRequest("; ".join(describe_errors(exc))) from None
+    return body
+
+
+async def optional_body_as(request: Request, model: type[M], *, limit: int) -> M | None:
+    """Like `body_as`, for routes whose body may be left out: None when it is empty."""
+    raw = await read_capped(request, limit)
+    return validate_body(parse_json(raw), model) if raw.strip() else None
 
 
 def error_response(request: Request, status: int, type: str, message: str, detail: dict | None = None, *,

@@ -11,13 +11,15 @@ import os
 import shutil
 import time
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
+from gateway.api.bodies import ControlBody
 from gateway.api.common import body_as, caller, ok
+from gateway.config import DEFAULT_CONTROL_BODY_BYTES
 from gateway.errors import BadRequest, NotFound
 from gateway.evidence import EvidenceLog, pack_body
 from gateway.proxy.stages import Callers
@@ -25,15 +27,13 @@ from gateway.recording.export import Exports, Selection, parse_time
 from gateway.recording.evidence import EvidenceRecorder
 
 
-class HoldIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class HoldIn(ControlBody):
     since: float | None = None
     until: float | None = None
     reason: str = Field(min_length=1, max_length=2000)
 
 
-class ReleaseIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ReleaseIn(ControlBody):
     reason: str = Field(min_length=1, max_length=2000)
 
 
@@ -42,10 +42,12 @@ def _checkpoint(cp) -> dict:
 
 
 class EvidenceApi:
-    def __init__(self, callers: Callers, evidence: EvidenceRecorder | None, exports: Exports | None) -> None:
+    def __init__(self, callers: Callers, evidence: EvidenceRecorder | None, exports: Exports | None, *,
+                 max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES) -> None:
         self.callers = callers
         self.evidence = evidence
         self.exports = exports
+        self.max_body_bytes = max_body_bytes
 
     def routes(self) -> list[Route]:
         return [
@@ -109,7 +111,7 @@ class EvidenceApi:
 
     async def set_hold(self, request: Request) -> Response:
         who = caller(request, self.callers, "operator")
-        body = await body_as(request, HoldIn)
+        body = await body_as(request, HoldIn, limit=self.max_body_bytes)
         if body.since is not None and body.until is not None and body.until < body.since:
             raise BadRequest("until is before since")
         hold_id = "hold_" + os.urandom(6).hex()
@@ -119,7 +121,7 @@ class EvidenceApi:
 
     async def release_hold(self, request: Request) -> Response:
         who = caller(request, self.callers, "operator")
-        body = await body_as(request, ReleaseIn)
+        body = await body_as(request, ReleaseIn, limit=self.max_body_bytes)
         log = self._log()
         hold_id = request.path_params["hold_id"]
         if hold_id not in log.legal_holds():

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.api.common import body_as, caller, ok
+from gateway.api.bodies import ControlBody
+from gateway.api.common import body_as, caller, ok, optional_body_as
+from gateway.config import DEFAULT_CONTROL_BODY_BYTES
 from gateway.errors import BadRequest
 from gateway.incidents.manager import IncidentManager
 from gateway.incidents.monitor import Monitor
@@ -18,8 +20,7 @@ from gateway.proxy.stages import Callers
 _STATUSES = ("open", "acknowledged", "resolved")
 
 
-class NewIncident(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NewIncident(ControlBody):
     category: str
     severity: str
     summary: str = Field(min_length=1, max_length=4000)
@@ -27,13 +28,11 @@ class NewIncident(BaseModel):
     raise_to: int | None = Field(None, ge=0, le=4)
 
 
-class Note(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Note(ControlBody):
     note: str = Field("", max_length=4000)
 
 
-class Feedback(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Feedback(ControlBody):
     request_id: str = Field(min_length=1, max_length=128)
     correct: bool | None = None
     label: Any = None
@@ -46,10 +45,12 @@ class Feedback(BaseModel):
 
 
 class IncidentsApi:
-    def __init__(self, callers: Callers, incidents: IncidentManager, monitor: Monitor) -> None:
+    def __init__(self, callers: Callers, incidents: IncidentManager, monitor: Monitor, *,
+                 max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES) -> None:
         self.callers = callers
         self.incidents = incidents
         self.monitor = monitor
+        self.max_body_bytes = max_body_bytes
 
     def routes(self) -> list[Route]:
         return [
@@ -75,28 +76,29 @@ class IncidentsApi:
 
     async def open_incident(self, request: Request) -> Response:
         who = caller(request, self.callers, "operator")
-        body = await body_as(request, NewIncident)
+        body = await body_as(request, NewIncident, limit=self.max_body_bytes)
         incident = await self.incidents.open_by_hand(category=body.category, severity=body.severity, model=body.model,
                                                      summary=body.summary, actor=who.id, raise_to=body.raise_to)
         return ok(incident.to_doc(), status=201)
 
     async def acknowledge(self, request: Request) -> Response:
         who = caller(request, self.callers, "operator")
-        note = (await body_as(request, Note)).note if (await request.body()).strip() else None
+        body = await optional_body_as(request, Note, limit=self.max_body_bytes)
+        note = body.note if body is not None else None
         return ok((await self.incidents.acknowledge(request.path_params["id"], actor=who.id, note=note)).to_doc())
 
     async def add_note(self, request: Request) -> Response:
         who = caller(request, self.callers, "operator")
-        body = await body_as(request, Note)
+        body = await body_as(request, Note, limit=self.max_body_bytes)
         return ok((await self.incidents.note(request.path_params["id"], actor=who.id, text=body.note)).to_doc())
 
     async def resolve(self, request: Request) -> Response:
         who = caller(request, self.callers, "operator")
-        body = await body_as(request, Note)
+        body = await body_as(request, Note, limit=self.max_body_bytes)
         return ok((await self.incidents.resolve(request.path_params["id"], actor=who.id, note=body.note)).to_doc())
 
     async def feedback(self, request: Request) -> Response:
         who = caller(request, self.callers, "client")
-        body = await body_as(request, Feedback)
+        body = await body_as(request, Feedback, limit=self.max_body_bytes)
         result = await self.monitor.feedback(body.request_id, who.id, correct=body.correct, label=body.label)
         return ok(result, status=201)

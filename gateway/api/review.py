@@ -7,6 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.api.common import body_as, caller, ok
+from gateway.config import DEFAULT_CONTROL_BODY_BYTES
 from gateway.errors import BadRequest
 from gateway.proxy.stages import Callers
 from gateway.review.queue import ReviewQueue
@@ -16,9 +17,10 @@ _STATUSES = ("pending", "decided", "expired", "all")
 
 
 class ReviewApi:
-    def __init__(self, callers: Callers, queue: ReviewQueue) -> None:
+    def __init__(self, callers: Callers, queue: ReviewQueue, *, max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES) -> None:
         self.callers = callers
         self.queue = queue
+        self.max_body_bytes = max_body_bytes
 
     def routes(self) -> list[Route]:
         return [
@@ -56,5 +58,5 @@ class ReviewApi:
 
     async def decide(self, request: Request) -> Response:
         who = caller(request, self.callers, "reviewer")
-        decision = await body_as(request, DecisionIn)
+        decision = await body_as(request, DecisionIn, limit=self.max_body_bytes)
         return ok(public_view(await self.queue.decide(request.path_params["id"], who.id, decision)))

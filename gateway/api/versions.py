@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api.bodies import ControlBody
 from gateway.api.common import body_as, caller, ok
+from gateway.config import DEFAULT_CONTROL_BODY_BYTES
 from gateway.proxy.stages import Callers
 from gateway.versions.registry import Registry
 from gateway.versions.switch import Switcher
@@ -17,30 +19,29 @@ from gateway.versions.switch import Switcher
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
-class NewVersion(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NewVersion(ControlBody):
     version: str = Field(pattern=_NAME)
     reason: str = Field(min_length=1, max_length=2000)
     spec: dict[str, Any] = Field(description="as a version in the config: upstream, artifact, signature, trust, tls, headers")
 
 
-class Activate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Activate(ControlBody):
     version: str = Field(min_length=1)
     reason: str = Field(min_length=1, max_length=2000)
 
 
-class Rollback(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Rollback(ControlBody):
     to: str | None = None
     reason: str = Field(min_length=1, max_length=2000)
 
 
 class VersionsApi:
-    def __init__(self, callers: Callers, registry: Registry, switcher: Switcher) -> None:
+    def __init__(self, callers: Callers, registry: Registry, switcher: Switcher, *,
+                 max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES) -> None:
         self.callers = callers
         self.registry = registry
         self.switcher = switcher
+        self.max_body_bytes = max_body_bytes
 
     def routes(self) -> list[Route]:
         return [
@@ -59,16 +60,16 @@ class VersionsApi:
 
     async def add_version(self, request: Request) -> Response:
         who = caller(request, self.callers, "operator")
-        body = await body_as(request, NewVersion)
+        body = await body_as(request, NewVersion, limit=self.max_body_bytes)
         result = await self.registry.add(request.path_params["model"], body.version, body.spec, actor=who.id, reason=body.reason)
         return ok(result, status=201)
 
     async def activate(self, request: Request) -> Response:
         who = caller(request, self.callers, "operator")
-        body = await body_as(request, Activate)
+        body = await body_as(request, Activate, limit=self.max_body_bytes)
         return ok(await self.switcher.activate(request.path_params["model"], body.version, actor=who.id, reason=body.reason))
 
     async def rollback(self, request: Request) -> Response:
         who = caller(request, self.callers, "operator")
-        body = await body_as(request, Rollback)
+        body = await body_as(request, Rollback, limit=self.max_body_bytes)
         return ok(await self.switcher.rollback(request.path_params["model"], to=body.to, actor=who.id, reason=body.reason))

@@ -54,8 +54,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def server_config(app, *, host: str | None = None, port: int | None = None):
-    """How uvicorn runs the gateway: one worker, uvloop and httptools, TLS from the config."""
+    """How uvicorn runs the gateway: one worker, uvloop, httptools with the gateway's read limits, TLS from the config."""
     import uvicorn
+
+    from gateway.serving import ReadLimits, protocol_with
 
     config = app.gateway.config
     tls = config.listen.tls
@@ -64,7 +66,10 @@ def server_config(app, *, host: str | None = None, port: int | None = None):
         host=host or config.listen.host,
         port=port if port is not None else config.listen.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
+        http=protocol_with(ReadLimits(max_header_bytes=config.limits.max_header_bytes,
+                                      max_headers=config.limits.max_headers, max_url_bytes=config.limits.max_url_bytes,
+                                      header_seconds=config.timeouts.client_header,
+                                      body_seconds=config.timeouts.client_body)),
         lifespan="on",
         access_log=False,
         server_header=False,
@@ -76,13 +81,28 @@ def server_config(app, *, host: str | None = None, port: int | None = None):
     )
 
 
+def _die_with_parent() -> None:
+    """In the demo model's process: the kernel sends it SIGTERM when the gateway's process ends, however it ends.
+
+    uvicorn re-raises SIGTERM once it has shut down, which ends the gateway before any
+    `finally` of ours runs; this way the demo model never outlives it.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _start_demo_model(gateway) -> subprocess.Popen:
     model = gateway.config.models.get("demo")
     if model is None:
         raise CliError("--with-demo-model needs a model named `demo` in the config")
     url = urlsplit(str(model.versions[model.initial_version].upstream))
     host, port = url.hostname or "127.0.0.1", url.port or 80
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo-model", "--host", host, "--port", str(port)])
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo-model", "--host", host, "--port", str(port)],
+                            preexec_fn=_die_with_parent)
     import socket
 
     deadline = time.monotonic() + 15

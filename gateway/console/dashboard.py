@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.config import DEFAULT_CONTROL_BODY_BYTES
 from gateway.console.session import Session, Sessions
 from gateway.console.web import LEVEL_NAMES, Outcome, action, field, page, render
 from gateway.control.state import ControlState
@@ -108,8 +109,9 @@ def _applied(result: dict[str, Any]) -> str:
 class Dashboard:
     def __init__(self, sessions: Sessions, state: ControlState, levels: LevelControl, registry: Registry,
                  switcher: Switcher, incidents: IncidentManager, queue: ReviewQueue, counters: TrafficCounters,
-                 audit: AuditTrail) -> None:
+                 audit: AuditTrail, *, max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES) -> None:
         self.sessions = sessions
+        self.max_body_bytes = max_body_bytes
         self.state = state
         self.levels = levels
         self.registry = registry

@@ -17,9 +17,22 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.api.bodies import parse_json
+from gateway.config import DEFAULT_CONTROL_BODY_BYTES
 from gateway.configfile import describe_errors
 from gateway.console.session import Session, Sessions, cookie_value
-from gateway.console.web import KEEPALIVE_SECONDS, SECURITY_HEADERS, Outcome, QueueHub, action, env, field, page, render
+from gateway.console.web import (
+    KEEPALIVE_SECONDS,
+    SECURITY_HEADERS,
+    Outcome,
+    QueueHub,
+    action,
+    env,
+    field,
+    page,
+    pretty_json,
+    render,
+)
 from gateway.errors import BadRequest, NotFound
 from gateway.review.queue import ReviewQueue
 from gateway.review.tickets import PENDING, DecisionIn, public_view
@@ -41,10 +54,8 @@ def _body_text(part: dict[str, Any] | None) -> tuple[str, bool]:
     if part.get("body_encoding") == "base64":
         size = len(base64.b64decode(body)) if body else 0
         return f"(binary body, {size} bytes, base64)\n{body}", False
-    try:
-        return json.dumps(json.loads(body), indent=2, ensure_ascii=False), True
-    except ValueError:
-        return body, False
+    shown = pretty_json(body)
+    return (shown, True) if shown is not None else (body, False)
 
 
 _ACTIONS = ("approve", "override", "reject")
@@ -71,12 +82,9 @@ def decision_from(form) -> DecisionIn:
             text = text if isinstance(text, str) else ""
             if not text.strip():
                 raise BadRequest("an override needs the answer the client receives (JSON)")
-            try:
-                data["response"] = json.loads(text)
-            except ValueError as exc:
-                raise BadRequest(f"the override answer is not valid JSON: {exc}") from None
+            data["response"] = parse_json(text, what="the override answer")
             status = field(form, "status") or "200"
-            if not status.isdigit():
+            if not (status.isascii() and status.isdigit()):
                 raise BadRequest(f"the override status must be a number (got {status!r})")
             data["status"] = int(status)
     else:
@@ -88,10 +96,12 @@ def decision_from(form) -> DecisionIn:
 
 
 class ReviewPages:
-    def __init__(self, sessions: Sessions, hub: QueueHub, queue: ReviewQueue) -> None:
+    def __init__(self, sessions: Sessions, hub: QueueHub, queue: ReviewQueue, *,
+                 max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES) -> None:
         self.sessions = sessions
         self.hub = hub
         self.queue = queue
+        self.max_body_bytes = max_body_bytes
 
     def routes(self) -> list[Route]:
         return [

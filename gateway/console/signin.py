@@ -20,7 +20,8 @@ from gateway.console.session import (
     same_origin,
     set_cookie,
 )
-from gateway.console.web import MAX_FORM_BYTES, SECURITY_HEADERS, QueueHub, render
+from gateway.config import DEFAULT_CONTROL_BODY_BYTES
+from gateway.console.web import SECURITY_HEADERS, QueueHub, read_form, render
 from gateway.errors import Unauthorized
 from gateway.proxy.stages import Callers
 from gateway.recorder import Recorder
@@ -44,12 +45,13 @@ def _home(roles) -> str:
 
 class SignIn:
     def __init__(self, sessions: Sessions, hub: QueueHub, callers: Callers, recorder: Recorder, *,
-                 refused: Callable[[str], None]) -> None:
+                 refused: Callable[[str], None], max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES) -> None:
         self.sessions = sessions
         self.hub = hub
         self.callers = callers
         self.recorder = recorder
         self.refused = refused  # a refused sign-in counts toward the auth_failures trigger like any refused credential
+        self.max_body_bytes = max_body_bytes  # the form is read before the token in it is checked
 
     def routes(self) -> list[Route]:
         return [
@@ -66,12 +68,9 @@ class SignIn:
         return render(request, "login.html", {"title": "Sign in", "next": _next(request.query_params.get("next")) or ""})
 
     async def login(self, request: Request) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_FORM_BYTES:
-            return error_response(request, 413, "payload_too_large", "the sign-in form is too large")
         if not same_origin(request):
             return error_response(request, 403, "forbidden", "cross-site sign-in refused")
-        form = await request.form()
+        form = await read_form(request, self.max_body_bytes)
         token = form.get("token")
         token = token.strip() if isinstance(token, str) else ""
         target = _next(form.get("next") if isinstance(form.get("next"), str) else None)
@@ -100,7 +99,7 @@ class SignIn:
     async def logout(self, request: Request) -> Response:
         session = await self.sessions.find(cookie_value(request))
         if session is not None:
-            form = await request.form()
+            form = await read_form(request, self.max_body_bytes)
             if not same_origin(request) or not session.csrf_ok(presented_csrf(request, form)):
                 return error_response(request, 403, "forbidden", "missing or wrong CSRF token: reload the page and try again")
             await self.sessions.end(session)

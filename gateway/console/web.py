@@ -4,8 +4,10 @@ Pages (`page`) need a session with one of the given roles: without one, a browse
 to the sign-in page and anything else gets the gateway's JSON 401. Actions (`action`) are
 POSTs that also need the session's CSRF token and a same-origin `Origin` (when sent); they
 answer JSON to the page's script (`Accept: application/json`) and a small result page to a
-plain form post. A refusal by the domain (the two-person rule, a claimed ticket, ...)
-comes back with the gateway's own status and message.
+plain form post. Forms are read within the configured cap (`read_form`) and parsed here,
+not by Starlette's form parser, which reads whatever it is sent. A refusal by the domain
+(the two-person rule, a claimed ticket, ...) comes back with the gateway's own status and
+message.
 """
 
 from __future__ import annotations
@@ -17,19 +19,21 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from gateway.api.bodies import parse_json, read_capped
 from gateway.api.common import error_response
 from gateway.console.session import Session, Sessions, cookie_value, presented_csrf, same_origin
 from gateway.errors import BadRequest, GatewayError
 
 log = logging.getLogger("gateway.console")
 
-MAX_FORM_BYTES = 1 << 20
+MAX_FORM_FIELDS = 1000
 KEEPALIVE_SECONDS = 15.0
 LEVEL_NAMES = {0: "Normal operation", 1: "Increased monitoring", 2: "High confidence required",
                3: "Near-total oversight", 4: "System pause"}
@@ -73,16 +77,21 @@ def _age(ts: float | None, now: float | None = None) -> str:
     return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
 
 
+def pretty_json(text: str) -> str | None:
+    """JSON text indented for reading, or None when it is not JSON the gateway would take (too deep, NaN, ...)."""
+    try:
+        return json.dumps(parse_json(text), indent=2, ensure_ascii=False)
+    except BadRequest:
+        return None
+
+
 def _pretty(text: Any) -> str:
     """JSON text indented for reading; anything else as it is."""
     if text is None:
         return ""
     if not isinstance(text, str):
         return json.dumps(text, indent=2, ensure_ascii=False)
-    try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except ValueError:
-        return text
+    return pretty_json(text) or text
 
 
 def _confidence(value: float | None) -> str:
@@ -153,9 +162,25 @@ class QueueHub:
 
 
 class Pages(Protocol):
-    """A group of console handlers: each knows the sessions it checks against."""
+    """A group of console handlers: each knows the sessions it checks against and how large a form may be."""
 
     sessions: Sessions
+    max_body_bytes: int
+
+
+async def read_form(request: Request, limit: int) -> FormData:
+    """An `application/x-www-form-urlencoded` body of at most `limit` bytes (413 while reading past it)."""
+    raw = await read_capped(request, limit)
+    if not raw:
+        return FormData()
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise GatewayError(f"console forms are application/x-www-form-urlencoded (got {kind or 'no content type'!r})",
+                           status=415, type="unsupported_media_type")
+    try:  # as Starlette's parser does: bytes as latin-1, then %-escapes as UTF-8
+        return FormData(parse_qsl(raw.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS))
+    except ValueError:
+        raise BadRequest(f"a console form has at most {MAX_FORM_FIELDS} fields") from None
 
 
 def wants_html(request: Request) -> bool:
@@ -220,10 +245,7 @@ def action(*roles: str) -> Callable[[ActionHandler], Callable[[Any, Request], Aw
             session = await self.sessions.find(cookie_value(request))
             if session is None:
                 return error_response(request, 401, "unauthorized", "no console session (signed out or expired): sign in again")
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > MAX_FORM_BYTES:
-                return error_response(request, 413, "payload_too_large", f"a console form is at most {MAX_FORM_BYTES} bytes")
-            form = await request.form(max_part_size=MAX_FORM_BYTES)
+            form = await read_form(request, self.max_body_bytes)  # a refusal answers in the JSON error shape
             if not same_origin(request):
                 return error_response(request, 403, "forbidden", "cross-site request refused")
             if not session.csrf_ok(presented_csrf(request, form)):

@@ -219,4 +219,10 @@ class ControlState:
                     failing_closed = True
                     log.error("cannot confirm control state (%s); serving every model at level %d until it can",
                               exc or exc.__class__.__name__, self.on_state_loss)
+            except Exception:  # a defect: the heartbeat goes on (and fails closed meanwhile), and says so
+                log.exception("the control-state heartbeat failed; trying again")
+                if self.is_stale() and not failing_closed:
+                    failing_closed = True
+                    log.error("cannot confirm control state; serving every model at level %d until it can",
+                              self.on_state_loss)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

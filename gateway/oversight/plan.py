@@ -1,8 +1,8 @@
 """What the effective level means for one request: call the model or not, hold or release, sample, record.
 
-`Planner` is the request path's oversight stage: given the model, its effective level
-and the request id, it answers with a `Plan`, from the policy and the deployment's
-sampling key alone (memory only, no store round trip).
+`Planner` is the request path's oversight stage: given the model and its effective
+level, it answers with a `Plan`, from the policy, the deployment's sampling key and a
+fresh random draw alone (memory only, no store round trip; see `sampling`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.control import keys
-from gateway.oversight.sampling import Sampler
+from gateway.oversight.sampling import Sampler, draw
 from gateway.policy import EffectiveModelPolicy
 
 AUTO, SAMPLED, HELD, HUMAN = "auto", "sampled", "held", "human"
@@ -27,6 +27,7 @@ class Plan:
     sampled: bool  # queued for post-hoc review after it is served
     record: bool  # recorded as evidence whatever happens
     watched: bool = False  # the model's bodies feed bias and accuracy monitoring
+    draw: bytes | None = None  # the random draw sampling used (recorded, for auditors)
 
     @property
     def buffers(self) -> bool:
@@ -39,15 +40,17 @@ class Plan:
         return self.record or self.sampled or self.buffers or not self.call_model or self.watched
 
 
-def plan_request(level: int, policy: EffectiveModelPolicy, record_from: int, request_id: bytes, sampler: Sampler) -> Plan:
+def plan_request(level: int, policy: EffectiveModelPolicy, record_from: int, sampler: Sampler) -> Plan:
     watched = policy.fairness is not None or bool(policy.feedback_window)
     if level >= 4:
         return Plan(level, False, False, None, False, True, watched)
     if level == 3:
         return Plan(level, True, True, None, False, True, watched)
-    sampled = sampler.sampled(request_id, policy.rate_at(level))
+    rate = policy.rate_at(level)
+    drawn = draw() if 0.0 < rate < 1.0 else None
+    sampled = sampler.sampled(drawn, rate) if drawn is not None else rate >= 1.0
     threshold = policy.confidence_threshold if level == 2 else None
-    return Plan(level, True, False, threshold, sampled, level >= record_from or sampled, watched)
+    return Plan(level, True, False, threshold, sampled, level >= record_from or sampled, watched, drawn)
 
 
 class Planner:
@@ -68,5 +71,5 @@ class Planner:
         if isinstance(key, keys.Sampling):
             self.use_sampling_key(bytes.fromhex(new["key"]))
 
-    def plan(self, model: str, level: int, request_id: bytes) -> Plan:
-        return plan_request(level, self.policies[model], self.record_from, request_id, self._sampler)
+    def plan(self, model: str, level: int) -> Plan:
+        return plan_request(level, self.policies[model], self.record_from, self._sampler)

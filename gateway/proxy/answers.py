@@ -1,9 +1,12 @@
 """Sending answers to the client over ASGI: passed through, buffered, held (202), or decided.
 
 Small answers that are complete when their headers arrive go out as one message; the
-rest stream chunk by chunk. `on_complete` runs before the answer starts (whole answers)
-or before its last message (streams), so whatever must be recorded is recorded before
-the client sees the end of its answer.
+rest stream chunk by chunk. An answer that must be recorded is recorded before the
+client can hold it whole: whole answers are recorded before they start; a streamed one
+keeps back the piece that completes it — the last bytes of a Content-Length body, an
+OpenAI stream's `data: [DONE]`, else the end of the message — until its record is in the
+operating system. If recording fails, that piece is never sent, and no client can take
+what it got for a complete answer.
 """
 
 from __future__ import annotations
@@ -15,59 +18,97 @@ from typing import TYPE_CHECKING
 from gateway.errors import error_body
 from gateway.openai.errors import NOT_RETRIED, openai_error_body
 from gateway.proxy.exchange import Exchange
-from gateway.proxy.headers import client_response_headers
+from gateway.proxy.headers import client_response_headers, header_value
+from gateway.proxy.inflight import STREAMING
 from gateway.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
     from gateway.review.tickets import Ticket
 
 _JSON = (b"content-type", b"application/json")
+_DONE = b"data: [DONE]"
 
 
 class AnswerTooLarge(Exception):
     pass
 
 
+class Interrupted(Exception):
+    """The level rose before the answer started: plan it again. `body` is the answer if it was read whole."""
+
+    def __init__(self, body: bytes | None) -> None:
+        super().__init__("the oversight level rose before the answer started")
+        self.body = body
+
+
 async def relay(response: UpstreamResponse, ex: Exchange, send, *, capture: bool, capture_limit: int,
-                on_complete: Callable[[], Awaitable[object]], streams: set | None = None) -> None:
+                recorded: bool, on_complete: Callable[[], Awaitable[object]]) -> None:
     """Pass the upstream answer through, keeping a copy when `capture` (up to `capture_limit` bytes)."""
     ex.status = ex.response_status = response.status
     headers = client_response_headers(response.headers, keep_length=True)
     if capture:
         ex.response_headers = headers
-    start = {"type": "http.response.start", "status": response.status, "headers": headers + ex.gateway_headers()}
     if response.complete:
         body = response.take_body()
         if capture:
             ex.response_body = body
         await on_complete()  # recorded before the client sees any of it
+        _check_level(ex, body)
         ex.sent_start = True
-        await send(start)
         ex.finished = True
+        await send({"type": "http.response.start", "status": response.status, "headers": headers + ex.gateway_headers()})
         await send({"type": "http.response.body", "body": body})
         return
+    _check_level(ex, None)
+    last = _completing_piece(headers, ex) if recorded else None
     kept: list[bytes] = []
-    size = 0
-    if streams is not None:
-        streams.add(response)
+    size = sent = 0
+    held = b""
+    ex.phase, ex.stop = STREAMING, lambda: response.abort("the oversight level rose while this answer streamed")
     try:
         ex.sent_start = True
-        await send(start)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers + ex.gateway_headers()})
         while chunk := await response.read_chunk():
             if capture and size <= capture_limit:
                 kept.append(chunk)
                 size += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if last is not None and not held:
+                chunk, held = last(chunk, sent)
+            elif held:
+                held, chunk = held + chunk, b""
+            if chunk:
+                sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
     finally:
-        if streams is not None:
-            streams.discard(response)
+        ex.phase = ex.stop = None
         response.release()
         if capture:
             ex.response_body = b"".join(kept)
             ex.truncated = size > capture_limit
     await on_complete()
     ex.finished = True
-    await send({"type": "http.response.body", "body": b""})
+    await send({"type": "http.response.body", "body": held})
+
+
+def _check_level(ex: Exchange, body: bytes | None) -> None:
+    """The last moment before an answer starts: a level raised meanwhile means plan it again."""
+    if ex.raised_to is not None:
+        raise Interrupted(body)
+
+
+def _completing_piece(headers: list[tuple[bytes, bytes]], ex: Exchange) -> Callable[[bytes, int], tuple[bytes, bytes]] | None:
+    """How to split off the piece that completes this answer: (what to send now, what to keep back)."""
+    length = header_value(headers, b"content-length")
+    if length is not None and length.isdigit():
+        total = int(length)
+        return lambda chunk, sent: (chunk[:-1], chunk[-1:]) if sent + len(chunk) >= total else (chunk, b"")
+    content_type = header_value(headers, b"content-type") or b""
+    if ex.api == "openai" and content_type.startswith(b"text/event-stream"):
+        def before_done(chunk: bytes, sent: int) -> tuple[bytes, bytes]:
+            at = chunk.find(_DONE)
+            return (chunk, b"") if at < 0 else (chunk[:at], chunk[at:])
+        return before_done
+    return None  # chunked or close-delimited: the end of the message is the last piece, sent after the record
 
 
 async def read_all(response: UpstreamResponse, limit: int) -> bytes:
@@ -88,13 +129,18 @@ async def read_all(response: UpstreamResponse, limit: int) -> bytes:
 
 
 async def send_whole(send, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
-                     on_complete: Callable[[], Awaitable[object]] | None = None) -> None:
-    """One complete answer with its length, and the gateway's headers."""
+                     on_complete: Callable[[], Awaitable[object]] | None = None, *, interruptible: bool = False) -> None:
+    """One complete answer with its length, and the gateway's headers; `on_complete` runs before it starts.
+
+    `interruptible`: a model's answer, which a level raised meanwhile must not let out (`Interrupted`).
+    """
     ex.status = status
     headers = [h for h in headers if h[0] != b"content-length"]
     headers.append((b"content-length", b"%d" % len(body)))
     if on_complete is not None:
         await on_complete()
+    if interruptible:
+        _check_level(ex, body)
     ex.sent_start = True
     await send({"type": "http.response.start", "status": status, "headers": headers + ex.gateway_headers()})
     ex.finished = True

@@ -18,15 +18,15 @@ from typing import Any
 
 from gateway.config import Limits
 from gateway.failures import INTERNAL, failure_of
-from gateway.oversight.plan import AUTO, SAMPLED
+from gateway.oversight.plan import AUTO, SAMPLED, Plan
 from gateway.proxy import answers
 from gateway.proxy.body import ClientGone, declared_length, first_part, read_body, stream_rest, too_large
 from gateway.proxy.exchange import Exchange, request_id_from
 from gateway.proxy.forward import forward
 from gateway.proxy.headers import header_value
 from gateway.proxy.hold import Holding
-from gateway.proxy.inflight import Streams
-from gateway.proxy.resolve import Resolver, read_v1
+from gateway.proxy.inflight import UPSTREAM, InFlight
+from gateway.proxy.resolve import Resolver, forwarded_path, read_v1, split_model_path
 from gateway.proxy.stages import Callers, Observer, Planning, Recording, ServingGate
 from gateway.upstream import UpstreamError
 
@@ -35,7 +35,7 @@ log = logging.getLogger("gateway.proxy")
 
 class DataPlane:
     def __init__(self, *, callers: Callers, resolver: Resolver, gate: ServingGate, planner: Planning,
-                 holding: Holding, recording: Recording, observers: Sequence[Observer], streams: Streams,
+                 holding: Holding, recording: Recording, observers: Sequence[Observer], inflight: InFlight,
                  limits: Limits) -> None:
         self.callers = callers
         self.resolver = resolver
@@ -44,7 +44,7 @@ class DataPlane:
         self.holding = holding
         self.recording = recording
         self.observers = tuple(observers)
-        self.streams = streams
+        self.inflight = inflight
         self.limit = limits.max_body_bytes
         self.buffer_limit = limits.max_response_buffer_bytes
 
@@ -63,32 +63,17 @@ class DataPlane:
             ex.caller.require("client")
             route, body = await self._resolve(scope, headers, receive, ex)
             self.gate.check(ex.model, ex.version)
-            plan = self.planner.plan(ex.model, ex.level, ex.request_id)
+            plan = self.planner.plan(ex.model, ex.level)
             if plan.captures and not isinstance(body, bytes):
                 body = b"".join([piece async for piece in body])
             if isinstance(body, bytes):
                 watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, ex))
-                if plan.captures:
-                    ex.request_body = body
-            if (plan.buffers or not plan.call_model) and await self.holding.join_twin(headers, ex, plan, send):
-                return  # a retry of a held request: it waits on its ticket, the model is not asked again
-            if not plan.call_model:
-                await self.holding.human_task(headers, ex, plan, send)
-                return
-            response = await forward(route, ex, headers, body, scheme=scope.get("scheme", "http").encode())
-            if plan.buffers and response.status < 400:
-                await self.holding.hold_or_release(headers, ex, plan, response, send)
-                return
-            ex.route = SAMPLED if plan.sampled else AUTO
-            await answers.relay(
-                response, ex, send, capture=plan.captures, capture_limit=self.buffer_limit,
-                on_complete=lambda: self.recording.record(ex, plan, headers), streams=self.streams.of(ex.model),
-            )
-            if plan.sampled:
-                self.holding.sample(ex)
+                ex.request_body = body  # a reference: a ticket, a record or a raised level may need it
+            self.inflight.enter(ex)
+            await self._serve(scope, headers, ex, plan, route, body, send, task)
         except ClientGone:
             ex.disconnected = True
-        except UpstreamError as exc:  # the answer broke off after it started
+        except UpstreamError as exc:  # the answer broke off after it started (or a raised level ended it)
             ex.error_type = f"upstream_{exc.kind}"
             ex.upstream_error = exc.kind
             log.warning("upstream answer broke off: %s", exc, extra={"request_id": ex.request_id.decode()})
@@ -100,10 +85,45 @@ class DataPlane:
             await self._fail(exc, ex, send)
         finally:
             ex.finished = True
+            self.inflight.leave(ex)
             if watcher is not None and not watcher.done():
                 watcher.cancel()
             for observer in self.observers:
                 observer.observe(ex)
+
+    async def _serve(self, scope, headers, ex: Exchange, plan: Plan, route, body, send, task) -> None:
+        """The stages after the plan: hold, or forward and then hold, release or relay."""
+        if (plan.buffers or not plan.call_model) and await self.holding.join_twin(headers, ex, plan, send):
+            return  # a retry of a held request: it waits on its ticket, the model is not asked again
+        if not plan.call_model:
+            await self.holding.human_task(headers, ex, plan, send)
+            return
+        ex.phase, ex.stop = UPSTREAM, task.cancel
+        try:
+            response = await forward(route, ex, headers, body, scheme=scope.get("scheme", "http").encode())
+        except asyncio.CancelledError:
+            if ex.raised_to is None or ex.disconnected:
+                raise
+            task.uncancel()  # paused while the model answered: the call is abandoned, a human answers
+            await self.holding.raised(headers, ex, None, None, send)
+            return
+        finally:
+            ex.phase = ex.stop = None
+        if ex.raised_to is not None:  # raised while the model answered: what it says is planned again
+            await self.holding.raised(headers, ex, response, None, send)
+            return
+        if plan.buffers and response.status < 400:
+            await self.holding.hold_or_release(headers, ex, plan, response, send)
+            return
+        ex.route = SAMPLED if plan.sampled else AUTO
+        try:
+            await answers.relay(response, ex, send, capture=plan.captures, capture_limit=self.buffer_limit,
+                                recorded=plan.record, on_complete=lambda: self.recording.record(ex, plan, headers))
+        except answers.Interrupted as stopped:  # raised just before the answer started
+            await self.holding.raised(headers, ex, response, stopped.body, send)
+            return
+        if plan.sampled:
+            self.holding.sample(ex)
 
     async def _fail(self, exc: Exception, ex: Exchange, send) -> None:
         """An expected failure answers in the JSON error shape; a defect too, with its traceback in the log."""
@@ -130,15 +150,14 @@ class DataPlane:
         if length is not None and length > self.limit:
             raise too_large(self.limit)
         if path.startswith("/models/"):
-            name = path[len("/models/"):].partition("/")[0]
+            name, target = split_model_path(raw_path, self.resolver.catalog.models)
             ex.model = self.resolver.known(name)
-            target = raw_path[len("/models/") + len(name):] or b"/"
             first, more = await first_part(receive)
             if not more and len(first) > self.limit:
                 raise too_large(self.limit)
             body = stream_rest(first, receive, self.limit) if more else first
         else:  # /v1/...: the JSON body names the model
-            target = raw_path
+            target = forwarded_path(raw_path)
             body = await read_body(receive, self.limit)
             v1 = read_v1(body)
             ex.model, ex.stream = self.resolver.known(v1.model), v1.stream

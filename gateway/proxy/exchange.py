@@ -24,7 +24,7 @@ class Exchange:
         "request_id", "started", "caller", "model", "version", "level", "route", "status",
         "upstream_seconds", "disconnected", "finished", "error_type", "method", "target",
         "request_body", "response_status", "response_headers", "response_body", "confidence", "ticket", "truncated",
-        "sent_start", "client_addr", "upstream_error", "api", "stream", "attached",
+        "sent_start", "client_addr", "upstream_error", "api", "stream", "attached", "raised_to", "phase", "stop",
     )
 
     def __init__(self, request_id: bytes, started: float | None = None) -> None:
@@ -55,6 +55,9 @@ class Exchange:
         self.api = "generic"  # "openai" on /v1 routes: errors and held answers in the OpenAI shape
         self.stream = False  # a /v1 body asked for a stream
         self.attached = False  # a retry that joined its twin's ticket instead of asking the model again
+        self.raised_to: int | None = None  # the level rose while this exchange was in flight (see inflight)
+        self.phase: str | None = None  # "upstream" (waiting for the answer's head) or "streaming": interruptible
+        self.stop = None  # in those phases, what interrupts it (cancel the upstream call, end the stream)
 
     def gateway_headers(self) -> list[tuple[bytes, bytes]]:
         overhead = perf_counter() - self.started - self.upstream_seconds
@@ -63,6 +66,8 @@ class Exchange:
             headers.append((b"x-model-version", self.version.encode()))
         if self.level >= 0:
             headers.append((b"x-oversight-level", b"%d" % self.level))
-            headers.append((b"x-oversight-route", self.route.encode()))
+            # Post-hoc sampling is invisible to the client: it does not change its answer, and
+            # telling would let a caller learn which of its answers a human will read.
+            headers.append((b"x-oversight-route", b"auto" if self.route == "sampled" else self.route.encode()))
         headers.append((b"x-gateway-overhead-ms", b"%.3f" % (overhead * 1000)))
         return headers

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from time import perf_counter
 
 from gateway.catalog import VersionRoute
-from gateway.errors import UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.headers import upstream_request_headers
 from gateway.upstream import UpstreamError, UpstreamResponse
@@ -29,6 +29,9 @@ async def forward(route: VersionRoute, ex: Exchange, client_headers: list[tuple[
         ex.upstream_error = exc.kind
         if exc.kind == "timeout":
             raise UpstreamTimeout(f"upstream of {ex.model}/{ex.version} did not answer in time") from None
+        if exc.kind == "busy":
+            raise GatewayError(f"upstream of {ex.model}/{ex.version}: {exc}; retry later", status=503,
+                               type="upstream_busy") from None
         raise UpstreamUnreachable(f"upstream of {ex.model}/{ex.version}: {exc}") from None
     ex.upstream_seconds = perf_counter() - sent
     return response

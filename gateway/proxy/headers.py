@@ -21,9 +21,10 @@ _HOP_BY_HOP = frozenset(
 )
 # Set by the gateway on the upstream request, whatever the client sent.
 _REWRITTEN_UPSTREAM = frozenset({b"host", b"content-length", b"authorization", b"x-request-id", b"expect"})
-# Set by the gateway on the answer, whatever the upstream sent.
+# Set by the gateway on the answer, whatever the upstream sent: an upstream cannot claim a review that never was.
 GATEWAY_RESPONSE_HEADERS = frozenset(
-    {b"x-request-id", b"x-model-version", b"x-oversight-level", b"x-oversight-route", b"x-gateway-overhead-ms"}
+    {b"x-request-id", b"x-model-version", b"x-oversight-level", b"x-oversight-route", b"x-gateway-overhead-ms",
+     b"x-decision", b"x-decided-by", b"x-ticket"}
 )
 # The gateway's server writes its own Date and no Server header.
 _SERVER_SET = frozenset({b"date", b"server"})

@@ -33,7 +33,7 @@ from gateway.proxy.exchange import Exchange
 from gateway.proxy.headers import client_response_headers
 from gateway.proxy.outcome import answer_for, stream_for
 from gateway.proxy.prefer import Preferences, parse_prefer
-from gateway.proxy.stages import Recording
+from gateway.proxy.stages import Planning, Recording
 from gateway.redaction import redact_headers
 from gateway.review.retries import RetryHints, fingerprint
 from gateway.review.tickets import HeldRequest, Kind, Recommendation, Ticket
@@ -56,11 +56,12 @@ class HoldQueue(Protocol):
 
 
 class Holding:
-    def __init__(self, queue: HoldQueue, recording: Recording, review: Review, *,
+    def __init__(self, queue: HoldQueue, recording: Recording, planner: Planning, review: Review, *,
                  confidence: Mapping[str, ConfidenceSource], waits: Mapping[str, EffectiveHoldWait], buffer_limit: int,
                  redact: frozenset[bytes], policy_version: str) -> None:
         self.queue = queue
         self.recording = recording
+        self.planner = planner  # to plan again when a level rises under an exchange in flight
         self.review = review
         self.confidence = confidence
         self.waits = waits
@@ -96,6 +97,26 @@ class Holding:
             await self._hold(headers, ex, plan, send, kind="hold", recommendation=None,
                              reason=f"the answer is larger than limits.max_response_buffer_bytes ({self.buffer_limit}); not kept")
             return
+        await self._judge(headers, ex, plan, response, body, send)
+
+    async def raised(self, headers: Headers, ex: Exchange, response: UpstreamResponse | None, body: bytes | None,
+                     send) -> None:
+        """The level rose while this exchange was in flight: what is left of it is planned again at the new level."""
+        level, ex.raised_to = ex.raised_to, None
+        ex.level = level  # type: ignore[assignment]
+        plan = self.planner.plan(ex.model, ex.level)
+        if not plan.call_model:  # paused: whatever the model said is not served; a human answers
+            if response is not None:
+                response.abort("the model was paused (level 4) before this answer started")
+            await self.human_task(headers, ex, plan, send)
+        elif body is not None and response is not None:
+            await self._judge(headers, ex, plan, response, body, send)
+        else:
+            await self.hold_or_release(headers, ex, plan, response, send)  # type: ignore[arg-type]
+
+    async def _judge(self, headers: Headers, ex: Exchange, plan: Plan, response: UpstreamResponse, body: bytes,
+                     send) -> None:
+        """Hold the whole answer (level 3, or below the threshold at level 2), or release it."""
         out_headers = client_response_headers(response.headers, keep_length=False)
         ex.response_status, ex.response_headers, ex.response_body = response.status, out_headers, body
         recommendation = Recommendation.of(response.status, out_headers, body)
@@ -108,8 +129,12 @@ class Holding:
             return
         if meets(ex.confidence, plan.threshold):  # type: ignore[arg-type]
             ex.route = SAMPLED if plan.sampled else AUTO
-            await answers.send_whole(send, ex, response.status, out_headers, body,
-                                     on_complete=lambda: self.recording.record(ex, plan, headers))
+            try:
+                await answers.send_whole(send, ex, response.status, out_headers, body, interruptible=True,
+                                         on_complete=lambda: self.recording.record(ex, plan, headers))
+            except answers.Interrupted:  # raised while this answer was judged: judged again
+                await self.raised(headers, ex, response, body, send)
+                return
             if plan.sampled:
                 self.sample(ex)
             return

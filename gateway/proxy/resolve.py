@@ -8,8 +8,10 @@ field. The active version and the effective level come from the control state's 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import unquote
 
 from gateway.catalog import Catalog, VersionRoute
 from gateway.errors import BadRequest, GatewayError, NotFound
@@ -42,6 +44,33 @@ class Resolver:
         if route is None:
             raise GatewayError(f"model {model!r} has no active version this replica can reach", status=503, type="unavailable")
         return route, self.state.level_for(model)
+
+
+_SMUGGLED = re.compile(rb"%(2[eEfF]|5[cC])|\\")  # an encoded ".", "/" or "\\", or a raw backslash
+
+
+def forwarded_path(raw: bytes) -> bytes:
+    """The part of a path sent below a version's base URL, if it cannot climb out of it.
+
+    Checked on the raw bytes the client sent, which are also the bytes forwarded: no
+    "." or ".." segment, no encoded "/", "." or "\\" (an upstream may decode them), no
+    backslash. The query travels separately and is not checked here.
+    """
+    if _SMUGGLED.search(raw) or any(segment in (b".", b"..") for segment in raw.split(b"/")):
+        raise BadRequest("the path may not hold '.' or '..' segments, a backslash, or an encoded '/', '.' or '\\'",
+                         param="path")
+    return raw or b"/"
+
+
+def split_model_path(raw_path: bytes, known) -> tuple[str, bytes]:
+    """`/models/{name}/{rest}` -> (name, raw rest); a name may hold "/" (Hugging Face names): the longest known wins."""
+    segments = raw_path[len(b"/models/"):].split(b"/")
+    for count in range(len(segments), 0, -1):
+        name = unquote("/".join(s.decode("latin-1") for s in segments[:count]))
+        if name in known:
+            rest = b"/".join(segments[count:])
+            return name, forwarded_path(b"/" + rest if rest or count < len(segments) else b"")
+    return unquote(segments[0].decode("latin-1")), b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ class ServingGate(Protocol):
 class Planning(Protocol):
     """What the effective level means for this request."""
 
-    def plan(self, model: str, level: int, request_id: bytes) -> "Plan": ...
+    def plan(self, model: str, level: int) -> "Plan": ...
 
 
 class Recording(Protocol):

@@ -23,8 +23,8 @@ _ALWAYS_RECORDED = (HELD, HUMAN, SAMPLED)
 
 
 def decision_record(ex: "Exchange", request_headers: list[tuple[bytes, bytes]], *, policy_version: str,
-                    root_digest: str | None, redact: frozenset[bytes],
-                    redact_pointers: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, bytes]]:
+                    root_digest: str | None, redact: frozenset[bytes], redact_pointers: tuple[str, ...] = (),
+                    sample_draw: bytes | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
     now = time.time()
     elapsed = perf_counter() - ex.started
     record: dict[str, Any] = {
@@ -47,6 +47,8 @@ def decision_record(ex: "Exchange", request_headers: list[tuple[bytes, bytes]], 
     }
     if ex.ticket:
         record["ticket"] = ex.ticket
+    if sample_draw is not None:
+        record["sample_draw"] = sample_draw.hex()  # with the sampling key, an auditor recomputes the sampling
     if ex.attached:
         record["attached"] = True  # a retry that joined its twin's ticket; the model was not asked again
     if ex.confidence is not None:
@@ -76,7 +78,7 @@ class DecisionRecording:
             return None
         record, bodies = decision_record(
             ex, headers, policy_version=self.policy_version, root_digest=self.root_digest(ex.model, ex.version),
-            redact=self.redact, redact_pointers=self.redact_pointers.get(ex.model, ()),
+            redact=self.redact, redact_pointers=self.redact_pointers.get(ex.model, ()), sample_draw=plan.draw,
         )
         return await self.recorder.decision(record, bodies)
 

@@ -180,9 +180,9 @@ class Ticket:
 
 
 class DecisionIn(BaseModel):
-    """A reviewer's decision: `action` on held and human tickets, `verdict` on samples."""
+    """A reviewer's decision: `action` on held and human tickets, `verdict` on samples (strict types, like every control body)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     action: Literal["approve", "override", "reject"] | None = None
     verdict: Literal["agree", "disagree"] | None = None
     note: str = Field("", max_length=4000)

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Callable
 import httptools
 
 _HIGH_WATER = 256 * 1024  # body bytes buffered before we stop reading from the upstream
-
+MAX_HEADER_BYTES = 64 * 1024  # an answer's header block larger than this is refused, not relayed
+MAX_HEADERS = 256
 
 
 class UpstreamError(Exception):
-    """The upstream could not give an answer: `kind` is connect, reset, timeout or protocol."""
+    """The upstream could not give an answer: `kind` is connect, reset, timeout, protocol, busy or ended."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -28,8 +29,11 @@ class UpstreamError(Exception):
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection, parsing one response at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[["_Connection"], None] | None = None,
+                 max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.loop = loop
+        self.on_lost = on_lost  # the pool counts the connections it holds
+        self.max_header_bytes = max_header_bytes
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -41,6 +45,7 @@ class _Connection(asyncio.Protocol):
     def _begin(self) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.headers_done = False
@@ -68,6 +73,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.on_lost is not None:
+            self.on_lost(self)
+            self.on_lost = None
         if not self.complete:
             self._fail(UpstreamError("reset", "upstream closed the connection before the answer was complete"))
         paused = self._write_paused
@@ -84,6 +92,11 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.max_header_bytes or len(self.headers) >= MAX_HEADERS:
+            self._fail(UpstreamError("protocol", f"upstream sent a header block over {self.max_header_bytes} bytes "
+                                                 f"or {MAX_HEADERS} fields; not relayed"))
+            raise ValueError("header block too large")  # stops the parser; data_received aborts the connection
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:

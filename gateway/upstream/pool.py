@@ -32,6 +32,7 @@ class UpstreamPool:
         read_timeout: float = 120.0,
         idle_timeout: float = 30.0,
         max_idle: int = 512,
+        max_connections: int = 512,
     ) -> None:
         parts = urlsplit(base_url)
         self.scheme = parts.scheme
@@ -47,7 +48,10 @@ class UpstreamPool:
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
+        self.max_connections = max_connections  # a bound on what one version may hold, slow clients or not
         self._idle: deque[_Connection] = deque()
+        self._open = 0
+        self._freed: asyncio.Event | None = None
 
     async def request(
         self,
@@ -121,27 +125,57 @@ class UpstreamPool:
             conn.reused = True
             conn._begin()
             return conn
+        if self._open >= self.max_connections:
+            await self._wait_for_a_slot()
         return await self._connect()
+
+    async def _wait_for_a_slot(self) -> None:
+        """Every connection this version may hold is in use: wait (up to the connect timeout) for one to close."""
+        deadline = time.monotonic() + self.connect_timeout
+        while self._open >= self.max_connections:
+            if self._freed is None:
+                self._freed = asyncio.Event()
+            self._freed.clear()
+            remaining = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(self._freed.wait(), max(0.0, remaining))
+            except asyncio.TimeoutError:
+                raise UpstreamError("busy", f"all {self.max_connections} connections to {self.host}:{self.port} are "
+                                            f"in use (limits.upstream_connections)") from None
+
+    def _lost(self, conn: _Connection | None) -> None:
+        self._open -= 1
+        if self._freed is not None:
+            self._freed.set()
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        made: list[_Connection] = []
+
+        def protocol() -> _Connection:
+            made.append(_Connection(loop, self._lost))
+            return made[-1]
+
+        self._open += 1  # counted from the attempt on, so concurrent connects respect the bound
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _Connection(loop),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl_context,
-                    server_hostname=self.host if self.ssl_context else None,
-                ),
+                loop.create_connection(protocol, self.host, self.port, ssl=self.ssl_context,
+                                       server_hostname=self.host if self.ssl_context else None),
                 self.connect_timeout,
             )
-        except asyncio.TimeoutError:
-            raise UpstreamError("timeout", f"connecting to {self.host}:{self.port} timed out") from None
-        except ssl.SSLError as exc:
-            raise UpstreamError("connect", f"TLS handshake with {self.host}:{self.port} failed: {exc.reason or exc}") from None
-        except OSError as exc:
-            raise UpstreamError("connect", f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
+        except BaseException as exc:
+            if not made or made[0].on_lost is not None:  # the slot was not given back by a lost connection
+                if made:
+                    made[0].on_lost = None
+                self._lost(None)
+            if isinstance(exc, asyncio.TimeoutError):
+                raise UpstreamError("timeout", f"connecting to {self.host}:{self.port} timed out") from None
+            if isinstance(exc, ssl.SSLError):
+                raise UpstreamError("connect", f"TLS handshake with {self.host}:{self.port} failed: "
+                                               f"{exc.reason or exc}") from None
+            if isinstance(exc, OSError):
+                raise UpstreamError("connect", f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
+            raise
         return conn
 
     def _put_idle(self, conn: _Connection) -> None:

@@ -3,7 +3,9 @@
 Versions named in the config are registered at start-up; more can be added at run time.
 Adding a version never activates it. A version added at run time may name upstream
 credentials only as `${ENV}` references, resolved on each replica from its own
-environment: no secret is ever stored in the registry.
+environment: no secret is ever stored in the registry. It may name only the variables
+its model's config allows (`models.{m}.versions_api.allowed_env`), checked before
+anything is resolved or sent: whoever adds a version chooses where its headers go.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gateway.catalog import Catalog
+from gateway.catalog import Catalog, upstream_ssl_context
 from gateway.config import ModelConfig, VersionConfig
-from gateway.configfile import ConfigError, describe_errors, interpolate
+from gateway.configfile import ConfigError, describe_errors, env_references, interpolate
 from gateway.control import keys
 from gateway.control.state import ControlState
 from gateway.errors import BadRequest, Conflict, NotFound
@@ -33,6 +35,17 @@ def public_spec(config: VersionConfig) -> dict[str, Any]:
     spec = config.model_dump(mode="json", exclude_none=True)
     spec["headers"] = {name: "[set]" for name in config.headers}
     return spec
+
+
+class _SpecOutline(BaseModel):
+    """What is checked before a run-time spec is walked: an object whose headers map names to text."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    headers: dict[str, str] = {}
+
+
+def _spec_problems(exc: ValidationError) -> str:
+    return "; ".join(f"spec.{line}" for line in describe_errors(exc))
 
 
 class Registry:
@@ -67,7 +80,7 @@ class Registry:
     async def add(self, model: str, version: str, raw_spec: dict[str, Any], *, actor: str, reason: str) -> dict[str, Any]:
         if model not in self.catalog.models:
             raise NotFound(f"unknown model {model!r}; known models: {', '.join(sorted(self.catalog.models))}")
-        spec = self._validate(raw_spec)
+        spec = self._validate(model, raw_spec)
         key = keys.registration(model, version)
         doc = {"spec": raw_spec, "source": "api", "added_at": time.time(), "added_by": actor, "reason": reason}
         try:
@@ -80,19 +93,43 @@ class Registry:
                                       spec=public_spec(spec))
         return {"model": model, "version": version, **self.describe(model, version)}
 
-    def _validate(self, raw_spec: dict[str, Any]) -> VersionConfig:
-        problems: list[str] = []
-        resolved = interpolate(raw_spec, (), problems, "version")
-        if problems:
-            raise BadRequest("; ".join(p.split(": ", 1)[1] for p in problems))
-        for name, value in (raw_spec.get("headers") or {}).items():
-            if isinstance(value, str) and value and "${" not in value:
-                raise BadRequest(f"headers.{name}: give upstream credentials as a ${{ENV_VAR}} reference, "
-                                 "resolved on each replica; secrets are not stored in the registry")
+    def _validate(self, model: str, raw_spec: Any) -> VersionConfig:
+        """A run-time spec as a version, or a 400; nothing is read from the environment before it may be."""
         try:
-            return VersionConfig.model_validate(resolved)
+            outline = _SpecOutline.model_validate(raw_spec)
         except ValidationError as exc:
-            raise BadRequest("; ".join(describe_errors(exc))) from None
+            raise BadRequest(_spec_problems(exc)) from None
+        self._check_env_references(model, raw_spec)
+        for name, value in outline.headers.items():
+            if value and "${" not in value:
+                raise BadRequest(f"spec.headers.{name}: give upstream credentials as a ${{ENV_VAR}} reference, "
+                                 "resolved on each replica; secrets are not stored in the registry")
+        problems: list[str] = []
+        resolved = interpolate(raw_spec, (), problems, "spec")
+        if problems:
+            raise BadRequest("; ".join(p.replace("spec: ", "spec.", 1) for p in problems))
+        try:
+            config = VersionConfig.model_validate(resolved)
+        except ValidationError as exc:
+            raise BadRequest(_spec_problems(exc)) from None
+        try:
+            upstream_ssl_context(config.tls)
+        except ValueError as exc:
+            raise BadRequest(f"spec.tls: {exc}") from None
+        return config
+
+    def _check_env_references(self, model: str, raw_spec: Any) -> None:
+        configured = self.configured.get(model)
+        allowed = set(configured.versions_api.allowed_env) if configured else set()
+        problems = []
+        for where, name in env_references(raw_spec):
+            if name is None:
+                problems.append(f"spec.{where}: `${{` starts no ${{VAR}} or ${{VAR:-default}} reference")
+            elif name not in allowed:
+                problems.append(f"spec.{where}: environment variable {name} is not allowed for versions added at run "
+                                f"time; allow it in the config under models.{model}.versions_api.allowed_env")
+        if problems:
+            raise BadRequest("; ".join(problems))
 
     def on_state_change(self, key: keys.Key, old: dict | None, new: dict) -> None:
         """A version added at run time (on any replica) becomes routable here."""
@@ -102,7 +139,7 @@ class Registry:
         if version in self.catalog.models.get(model, _NONE).versions:
             return
         try:
-            config = self._validate(new["spec"])
+            config = self._validate(model, new["spec"])
         except (BadRequest, ConfigError) as exc:
             log.error("cannot route to version %s/%s here: %s", model, version, getattr(exc, "message", exc))
             return

@@ -1,0 +1,160 @@
+"""The HTTP server's own limits: sizes and deadlines enforced while a request is read, JSON for its refusals.
+
+uvicorn's httptools protocol reads any number of header lines of any size, waits for a
+client forever, and answers a malformed request with plain text. This protocol keeps its
+speed and adds, before the application sees anything (so before authentication):
+- a cap on the header block (bytes, fields) and on the request line: 431 / 414;
+- a deadline for the whole header block (a client trickling header lines gets 408), and
+  one for the whole body once the headers are in (an upload at a byte a second is cut
+  off with 408, or the connection closed if an answer already started);
+- the gateway's JSON error shape, with a request id, for every refusal the server makes
+  itself (a malformed request is 400 in JSON, not "Invalid HTTP request received.").
+Timers are armed only while a request is incomplete at the end of a read, so a request
+that arrives whole costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.ids import random_hex
+
+log = logging.getLogger("gateway.server")
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+_TYPES = {400: "bad_request", 408: "request_timeout", 414: "uri_too_long", 431: "header_fields_too_large"}
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 128
+    max_url_bytes: int = 16 * 1024
+    header_seconds: float = 10.0
+    body_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """Why a parser callback stopped the parser; `data_received` answers with it."""
+
+    status: int
+    message: str
+
+
+class _Stop(Exception):
+    """Stops httptools from a callback (it reports it as a parser error)."""
+
+
+def protocol_with(limits: ReadLimits) -> type[HttpToolsProtocol]:
+    """The protocol class for uvicorn (`http=`), with these limits."""
+    return type("GatewayHttpProtocol", (GatewayHttpProtocol,), {"limits": limits})
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    limits = ReadLimits()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._reading = ""  # "head" or "body" while a request is incomplete
+        self._head_bytes = 0
+        self._head_fields = 0
+        self._deadline = None
+        self._refusal: _Refused | None = None  # set by a callback that stopped the parser
+
+    # reading ------------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            refusal, self._refusal = self._refusal, None
+            status, message = (refusal.status, refusal.message) if refusal else (400, "the request is not valid HTTP/1.1")
+            log.warning("request refused while read: %s", message, extra={"client": self.client and self.client[0]})
+            self._write_refusal(status, message)
+            return
+        if self._reading and self._deadline is None and not self.transport.is_closing():
+            seconds = self.limits.header_seconds if self._reading == "head" else self.limits.body_seconds
+            self._deadline = self.loop.call_later(seconds, self._too_slow, self._reading)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reading, self._head_bytes, self._head_fields = "head", 0, 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head_bytes += len(url)
+        if self._head_bytes > self.limits.max_url_bytes:
+            self._refuse(414, f"the request target is longer than {self.limits.max_url_bytes} bytes")
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        self._head_fields += 1
+        if self._head_bytes > self.limits.max_header_bytes or self._head_fields > self.limits.max_headers:
+            self._refuse(431, f"the header block is larger than {self.limits.max_header_bytes} bytes or "
+                              f"{self.limits.max_headers} fields (limits.max_header_bytes, limits.max_headers)")
+        super().on_header(name, value)
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._refusal = _Refused(status, message)
+        raise _Stop()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._reading = "body"
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._reading = ""
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self, part: str) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        seconds = self.limits.header_seconds if part == "head" else self.limits.body_seconds
+        message = (f"the request's {'header block' if part == 'head' else 'body'} did not arrive within {seconds:g}s "
+                   f"(timeouts.client_{'header' if part == 'head' else 'body'})")
+        cycle = self.cycle
+        if part == "body" and cycle is not None:
+            started = cycle.response_started
+            cycle.disconnected = True  # the application's receive() now sees the client gone
+            cycle.message_event.set()
+            if started:
+                self.transport.close()
+                return
+        self._write_refusal(408, message)
+
+    # refusing --------------------------------------------------------------------------------------
+    def send_400_response(self, msg: str) -> None:  # uvicorn's own path to a plain-text 400: JSON here too
+        self._write_refusal(400, "the request is not valid HTTP/1.1")
+
+    def _write_refusal(self, status: int, message: str) -> None:
+        self._disarm()
+        request_id = random_hex(12)
+        body = json.dumps({"error": {"type": _TYPES[status], "message": message, "request_id": request_id}},
+                          separators=(",", ":")).encode()
+        head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nx-request-id: %s\r\n"
+                b"connection: close\r\n\r\n" % (status, _REASONS[status], len(body), request_id.encode()))
+        self.transport.write(head + body)
+        self.transport.close()

@@ -1,0 +1,80 @@
+"""A raised level reaches the answers already on their way: none is delivered once the call has answered.
+
+The demo model takes a second per answer. Requests are sent, and while the model is
+still computing, `POST /admin/kill` (level 4) or a raise to 3 lands. When the call has
+answered, no answer the model was still working on may reach its client as a model's
+answer: at 4 each becomes a human task, at 3 each is held; a stream in flight ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.support import GatewayProcess, auth, free_port, start_demo, write_config
+
+
+@pytest.fixture(scope="module")
+def slow_model():
+    model = start_demo("--latency-ms", "1000", "--stream-delay-ms", "100")
+    yield model
+    model.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path, slow_model):
+    config = write_config(tmp_path, {"credit": {"v1": slow_model.url}}, policy={"defaults": {"sample_rate": {0: 0.0}}})
+    process = GatewayProcess(config, free_port()).start()
+    yield process
+    process.stop()
+
+
+async def _in_flight(client: httpx.AsyncClient, n: int) -> list[asyncio.Task]:
+    async def one(i: int) -> tuple[float, int, dict]:
+        r = await client.post("/models/credit/predict", json={"applicant": {"id": f"k-{i}"}}, headers=auth("client"))
+        return time.monotonic(), r.status_code, {**r.headers}
+    tasks = [asyncio.create_task(one(i)) for i in range(n)]
+    await asyncio.sleep(0.4)  # sent, and the model is computing (it takes 1 s)
+    return tasks
+
+
+@pytest.mark.parametrize("level,route", [(4, "human"), (3, "held")])
+async def test_no_model_answer_is_delivered_after_a_raise_answered(gateway, slow_model, level, route):
+    slow_model.reset()
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        tasks = await _in_flight(client, 20)
+        if level == 4:
+            r = await client.post("/admin/kill", json={"reason": "stop now"}, headers=auth("operator"))
+        else:
+            r = await client.put("/admin/oversight/global", json={"level": 3, "reason": "hold all"}, headers=auth("operator"))
+        answered = time.monotonic()
+        assert r.status_code == 200 and r.json()["applied_by"] == r.json()["replicas"] == 1
+        results = await asyncio.gather(*tasks)
+    for at, status, headers in results:
+        assert at >= answered  # all were still in flight when the call answered
+        assert (status, headers["x-oversight-route"], headers["x-oversight-level"]) == (202, route, str(level))
+
+
+async def test_a_stream_in_flight_ends_at_a_raise_to_3(gateway, slow_model):
+    slow_model.reset()
+    body = {"model": "credit", "stream": True, "messages": [{"role": "user", "content": "a long one " * 30}]}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        async with client.stream("POST", "/v1/chat/completions", json=body, headers=auth("client")) as r:
+            assert r.status_code == 200
+            received = b""
+            broken = False
+            try:
+                async for piece in r.aiter_raw():
+                    received += piece
+                    if received.count(b"data:") == 2:
+                        raised = await client.put("/admin/oversight/global", json={"level": 3, "reason": "hold"},
+                                                  headers=auth("operator"))
+                        assert raised.status_code == 200
+                        at_raise = received.count(b"data:")
+            except httpx.HTTPError:
+                broken = True
+    assert broken and b"[DONE]" not in received
+    assert received.count(b"data:") <= at_raise + 1  # at most an event already on its way
