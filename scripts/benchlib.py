@@ -156,12 +156,14 @@ wrk.headers["Authorization"] = "Bearer {token}"
 """
 
 
-def wrk(url: str, *, connections: int, seconds: float, body: str, token: str, cpus: str | None = None) -> dict:
+def wrk(url: str, *, connections: int, seconds: float, body: str, token: str, cpus: str | None = None,
+        headers: dict[str, str] | None = None) -> dict:
     """Drive `url` with wrk (or the Python load generator without it); return req/s and latency percentiles."""
     if shutil.which("wrk") is None:
-        return pyload(url, connections=connections, seconds=seconds, body=body, token=token, cpus=cpus)
+        return pyload(url, connections=connections, seconds=seconds, body=body, token=token, cpus=cpus, headers=headers)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(_WRK_LUA.format(body=body.replace("'", "\\'"), token=token))
+        f.writelines(f'wrk.headers["{name}"] = "{value}"\n' for name, value in (headers or {}).items())
         script = f.name
     try:
         out = subprocess.run(
@@ -189,9 +191,12 @@ def parse_wrk(out: str) -> dict:
     return result
 
 
-def pyload(url: str, *, connections: int, seconds: float, body: str, token: str, cpus: str | None = None) -> dict:
+def pyload(url: str, *, connections: int, seconds: float, body: str, token: str, cpus: str | None = None,
+           headers: dict[str, str] | None = None) -> dict:
     cmd = taskset(cpus) + [sys.executable, str(ROOT / "scripts" / "loadgen.py"), url, "--connections", str(connections),
                            "--seconds", str(seconds), "--body", body, "--token", token]
+    for name, value in (headers or {}).items():
+        cmd += ["--header", f"{name}: {value}"]
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 
 

@@ -51,12 +51,15 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--body", default="{}")
     parser.add_argument("--token", default="")
+    parser.add_argument("--header", action="append", default=[], help="an extra request header, NAME: VALUE")
     args = parser.parse_args()
     url = urlsplit(args.url)
     body = args.body.encode()
+    extra = "".join(f"{header}\r\n" for header in args.header)
     request = (
         f"POST {url.path or '/'} HTTP/1.1\r\nhost: {url.hostname}:{url.port}\r\ncontent-type: application/json\r\n"
-        f"authorization: Bearer {args.token}\r\ncontent-length: {len(body)}\r\n\r\n"
+        f"authorization: Bearer {args.token}\r\n{extra}"
+        f"content-length: {len(body)}\r\n\r\n"
     ).encode() + body
     latencies: list[float] = []
     errors: list[int] = []

@@ -13,8 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-Script = Callable[[bytes], bytes | list[bytes | float] | None]
-"""Given the request's head (request line and headers), the answer: bytes, or pieces and pauses, or None (close)."""
+Script = Callable[[bytes], bytes | list[bytes | float | None] | None]
+"""Given the request's head (request line and headers), the answer: bytes, or pieces and pauses, or None (close).
+
+In a list of pieces, a number is a pause in seconds and None closes the connection there.
+"""
 
 
 @dataclass
@@ -59,6 +62,8 @@ class RawUpstream:
                 if answer is None:
                     return
                 for piece in answer if isinstance(answer, list) else [answer]:
+                    if piece is None:
+                        return
                     if isinstance(piece, (int, float)):
                         await asyncio.sleep(piece)
                     else:

@@ -44,6 +44,13 @@ TOKENS = {
 _ROLE_OF = {"client2": "client", "reviewer2": "reviewer", "operator2": "operator"}
 
 
+def dies_with_tests() -> None:
+    """`preexec_fn` for every server a test starts: the kernel ends it when the test run ends, however it ends."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def auth(name: str) -> dict[str, str]:
     return {"authorization": f"Bearer {TOKENS[name]}"}
 
@@ -85,7 +92,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.directory), "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=dies_with_tests,
         )
         wait_port(self.port, self.proc)
         return self
@@ -205,7 +212,7 @@ class GatewayProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(self.config), "--port", str(self.port)],
-            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=dies_with_tests,
         )
         wait_port(self.port, self.proc, timeout)
         return self
@@ -314,7 +321,8 @@ def start_demo(*args: str, timeout: float = 15.0, keep_stderr: bool = False) -> 
     from gateway.demo import START_LINE_RE
 
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo-model", "--port", "0", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE if keep_stderr else subprocess.DEVNULL, text=True)
+                            stderr=subprocess.PIPE if keep_stderr else subprocess.DEVNULL, text=True,
+                            preexec_fn=dies_with_tests)
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline().strip() if ready else ""
     match = START_LINE_RE.match(line)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 _JSON = (b"content-type", b"application/json")
 _DONE = b"data: [DONE]"
+_NO_LENGTH = (204, 304)  # RFC 9110: a 204 has no Content-Length, a 304's is not the body's; never relayed
 
 
 class AnswerTooLarge(Exception):
@@ -34,41 +35,42 @@ class AnswerTooLarge(Exception):
 
 
 class Interrupted(Exception):
-    """The level rose before the answer started: plan it again. `body` is the answer if it was read whole."""
+    """The level rose before the answer started: plan it again, with the bytes already read (`whole`: all of them)."""
 
-    def __init__(self, body: bytes | None) -> None:
+    def __init__(self, read: bytes, whole: bool) -> None:
         super().__init__("the oversight level rose before the answer started")
-        self.body = body
+        self.read = read
+        self.whole = whole
 
 
 async def relay(response: UpstreamResponse, ex: Exchange, send, *, capture: bool, capture_limit: int,
                 recorded: bool, on_complete: Callable[[], Awaitable[object]]) -> None:
     """Pass the upstream answer through, keeping a copy when `capture` (up to `capture_limit` bytes)."""
     ex.status = ex.response_status = response.status
-    headers = client_response_headers(response.headers, keep_length=True)
-    if capture:
-        ex.response_headers = headers
+    headers = client_response_headers(response.headers, keep_length=response.status not in _NO_LENGTH)
     if response.complete:
         body = response.take_body()
         if capture:
-            ex.response_body = body
+            ex.keep_answer(response.status, headers, body, capture_limit)
         await on_complete()  # recorded before the client sees any of it
-        _check_level(ex, body)
+        _check_level(ex, body, whole=True)
         ex.sent_start = True
         ex.finished = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers + ex.gateway_headers()})
         await send({"type": "http.response.body", "body": body})
         return
-    _check_level(ex, None)
     last = _completing_piece(headers, ex) if recorded else None
     kept: list[bytes] = []
     size = sent = 0
     held = b""
     ex.phase, ex.stop = STREAMING, lambda: response.abort("the oversight level rose while this answer streamed")
     try:
+        first = await response.read_chunk()  # an answer broken from its first bytes is a 502, not a broken 200
+        _check_level(ex, first, whole=response.complete and not first)
         ex.sent_start = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers + ex.gateway_headers()})
-        while chunk := await response.read_chunk():
+        chunk = first
+        while chunk:
             if capture and size <= capture_limit:
                 kept.append(chunk)
                 size += len(chunk)
@@ -79,21 +81,21 @@ async def relay(response: UpstreamResponse, ex: Exchange, send, *, capture: bool
             if chunk:
                 sent += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            chunk = await response.read_chunk()
     finally:
         ex.phase = ex.stop = None
         response.release()
         if capture:
-            ex.response_body = b"".join(kept)
-            ex.truncated = size > capture_limit
+            ex.keep_answer(response.status, headers, b"".join(kept), capture_limit, truncated=size > capture_limit)
     await on_complete()
     ex.finished = True
     await send({"type": "http.response.body", "body": held})
 
 
-def _check_level(ex: Exchange, body: bytes | None) -> None:
+def _check_level(ex: Exchange, read: bytes, *, whole: bool) -> None:
     """The last moment before an answer starts: a level raised meanwhile means plan it again."""
     if ex.raised_to is not None:
-        raise Interrupted(body)
+        raise Interrupted(read, whole)
 
 
 def _completing_piece(headers: list[tuple[bytes, bytes]], ex: Exchange) -> Callable[[bytes, int], tuple[bytes, bytes]] | None:
@@ -111,12 +113,12 @@ def _completing_piece(headers: list[tuple[bytes, bytes]], ex: Exchange) -> Calla
     return None  # chunked or close-delimited: the end of the message is the last piece, sent after the record
 
 
-async def read_all(response: UpstreamResponse, limit: int) -> bytes:
-    """The whole upstream answer, for holding; `AnswerTooLarge` past `limit` bytes."""
-    if response.complete:
+async def read_all(response: UpstreamResponse, limit: int, read: bytes = b"") -> bytes:
+    """The whole upstream answer (after the `read` bytes already taken), for holding; `AnswerTooLarge` past `limit`."""
+    if response.complete and not read:
         return response.take_body()
-    parts: list[bytes] = []
-    size = 0
+    parts: list[bytes] = [read] if read else []
+    size = len(read)
     try:
         while chunk := await response.read_chunk():
             size += len(chunk)
@@ -140,7 +142,7 @@ async def send_whole(send, ex: Exchange, status: int, headers: list[tuple[bytes,
     if on_complete is not None:
         await on_complete()
     if interruptible:
-        _check_level(ex, body)
+        _check_level(ex, body, whole=True)
     ex.sent_start = True
     await send({"type": "http.response.start", "status": status, "headers": headers + ex.gateway_headers()})
     ex.finished = True

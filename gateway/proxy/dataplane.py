@@ -22,7 +22,7 @@ from gateway.oversight.plan import AUTO, SAMPLED, Plan
 from gateway.proxy import answers
 from gateway.proxy.body import ClientGone, declared_length, first_part, read_body, stream_rest, too_large
 from gateway.proxy.exchange import Exchange, request_id_from
-from gateway.proxy.forward import forward
+from gateway.proxy.forward import forward, upstream_failure
 from gateway.proxy.headers import header_value
 from gateway.proxy.hold import Holding
 from gateway.proxy.inflight import UPSTREAM, InFlight
@@ -73,10 +73,13 @@ class DataPlane:
             await self._serve(scope, headers, ex, plan, route, body, send, task)
         except ClientGone:
             ex.disconnected = True
-        except UpstreamError as exc:  # the answer broke off after it started (or a raised level ended it)
-            ex.error_type = f"upstream_{exc.kind}"
-            ex.upstream_error = exc.kind
+        except UpstreamError as exc:  # the answer broke off while it was read (or a raised level ended it)
             log.warning("upstream answer broke off: %s", exc, extra={"request_id": ex.request_id.decode()})
+            failure = upstream_failure(exc, ex)
+            if ex.sent_start:
+                ex.error_type = f"upstream_{exc.kind}"  # it ends without its last message: no client takes it for whole
+            else:
+                await self._fail(failure, ex, send)
         except asyncio.CancelledError:
             if not ex.disconnected:
                 raise
@@ -120,7 +123,7 @@ class DataPlane:
             await answers.relay(response, ex, send, capture=plan.captures, capture_limit=self.buffer_limit,
                                 recorded=plan.record, on_complete=lambda: self.recording.record(ex, plan, headers))
         except answers.Interrupted as stopped:  # raised just before the answer started
-            await self.holding.raised(headers, ex, response, stopped.body, send)
+            await self.holding.raised(headers, ex, response, stopped, send)
             return
         if plan.sampled:
             self.holding.sample(ex)

@@ -7,6 +7,7 @@ from time import perf_counter
 
 from gateway.auth import Caller
 from gateway.ids import random_hex
+from gateway.proxy.content import decode, decoded_headers
 
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -25,6 +26,7 @@ class Exchange:
         "upstream_seconds", "disconnected", "finished", "error_type", "method", "target",
         "request_body", "response_status", "response_headers", "response_body", "confidence", "ticket", "truncated",
         "sent_start", "client_addr", "upstream_error", "api", "stream", "attached", "raised_to", "phase", "stop",
+        "decoded_from", "unreadable",
     )
 
     def __init__(self, request_id: bytes, started: float | None = None) -> None:
@@ -49,6 +51,8 @@ class Exchange:
         self.confidence: float | None = None
         self.ticket: str | None = None
         self.truncated = False
+        self.decoded_from: str | None = None  # the content codings undone to read the answer (gzip, br, ...)
+        self.unreadable: str | None = None  # why the answer's content could not be decoded
         self.sent_start = False
         self.client_addr = "unknown"
         self.upstream_error: str | None = None  # connect, reset, timeout, protocol, ended
@@ -58,6 +62,16 @@ class Exchange:
         self.raised_to: int | None = None  # the level rose while this exchange was in flight (see inflight)
         self.phase: str | None = None  # "upstream" (waiting for the answer's head) or "streaming": interruptible
         self.stop = None  # in those phases, what interrupts it (cancel the upstream call, end the stream)
+
+    def keep_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, limit: int, *,
+                    truncated: bool = False) -> None:
+        """What the gateway reads of the answer: its decoded content (the client gets the bytes as sent)."""
+        self.response_status, self.truncated = status, truncated
+        content = decode(headers, body, limit, partial=truncated)
+        if content.codings is None or content.problem is not None:
+            self.response_headers, self.response_body, self.unreadable = headers, body, content.problem
+            return  # unreadable: kept as sent, so an approval delivers exactly what the model answered
+        self.response_headers, self.response_body, self.decoded_from = decoded_headers(headers), content.body, content.codings
 
     def gateway_headers(self) -> list[tuple[bytes, bytes]]:
         overhead = perf_counter() - self.started - self.upstream_seconds

@@ -26,12 +26,17 @@ async def forward(route: VersionRoute, ex: Exchange, client_headers: list[tuple[
     try:
         response = await route.pool.request(ex.method.encode(), ex.target, headers, body)
     except UpstreamError as exc:
-        ex.upstream_error = exc.kind
-        if exc.kind == "timeout":
-            raise UpstreamTimeout(f"upstream of {ex.model}/{ex.version} did not answer in time") from None
-        if exc.kind == "busy":
-            raise GatewayError(f"upstream of {ex.model}/{ex.version}: {exc}; retry later", status=503,
-                               type="upstream_busy") from None
-        raise UpstreamUnreachable(f"upstream of {ex.model}/{ex.version}: {exc}") from None
+        raise upstream_failure(exc, ex) from None
     ex.upstream_seconds = perf_counter() - sent
     return response
+
+
+def upstream_failure(exc: UpstreamError, ex: Exchange) -> GatewayError:
+    """What the client is told when the upstream gave no usable answer (before the answer started)."""
+    ex.upstream_error = exc.kind
+    where = f"upstream of {ex.model}/{ex.version}"
+    if exc.kind == "timeout":
+        return UpstreamTimeout(f"{where} did not answer in time")
+    if exc.kind == "busy":
+        return GatewayError(f"{where}: {exc}; retry later", status=503, type="upstream_busy")
+    return UpstreamUnreachable(f"{where}: {exc}")

@@ -88,10 +88,11 @@ class Holding:
         await self._hold(headers, ex, plan, send, kind="human", recommendation=None,
                          reason=f"level {plan.level}: the model is paused; a human decides")
 
-    async def hold_or_release(self, headers: Headers, ex: Exchange, plan: Plan, response: UpstreamResponse, send) -> None:
+    async def hold_or_release(self, headers: Headers, ex: Exchange, plan: Plan, response: UpstreamResponse, send,
+                              read: bytes = b"") -> None:
         """Levels 2 and 3: the whole answer is read before anything reaches the client."""
         try:
-            body = await answers.read_all(response, self.buffer_limit)
+            body = await answers.read_all(response, self.buffer_limit, read)
         except answers.AnswerTooLarge:
             ex.route = HELD
             await self._hold(headers, ex, plan, send, kind="hold", recommendation=None,
@@ -99,8 +100,8 @@ class Holding:
             return
         await self._judge(headers, ex, plan, response, body, send)
 
-    async def raised(self, headers: Headers, ex: Exchange, response: UpstreamResponse | None, body: bytes | None,
-                     send) -> None:
+    async def raised(self, headers: Headers, ex: Exchange, response: UpstreamResponse | None,
+                     stopped: answers.Interrupted | None, send) -> None:
         """The level rose while this exchange was in flight: what is left of it is planned again at the new level."""
         level, ex.raised_to = ex.raised_to, None
         ex.level = level  # type: ignore[assignment]
@@ -109,19 +110,20 @@ class Holding:
             if response is not None:
                 response.abort("the model was paused (level 4) before this answer started")
             await self.human_task(headers, ex, plan, send)
-        elif body is not None and response is not None:
-            await self._judge(headers, ex, plan, response, body, send)
+        elif stopped is not None and stopped.whole:
+            await self._judge(headers, ex, plan, response, stopped.read, send)  # type: ignore[arg-type]
         else:
-            await self.hold_or_release(headers, ex, plan, response, send)  # type: ignore[arg-type]
+            await self.hold_or_release(headers, ex, plan, response, send,  # type: ignore[arg-type]
+                                       stopped.read if stopped else b"")
 
     async def _judge(self, headers: Headers, ex: Exchange, plan: Plan, response: UpstreamResponse, body: bytes,
                      send) -> None:
         """Hold the whole answer (level 3, or below the threshold at level 2), or release it."""
         out_headers = client_response_headers(response.headers, keep_length=False)
-        ex.response_status, ex.response_headers, ex.response_body = response.status, out_headers, body
-        recommendation = Recommendation.of(response.status, out_headers, body)
+        ex.keep_answer(response.status, out_headers, body, self.buffer_limit)  # what is read is the decoded content
+        recommendation = Recommendation.of(response.status, ex.response_headers, ex.response_body or b"")
         source = self.confidence[ex.model]
-        ex.confidence = read_confidence(source, response.headers, body)  # decides at level 2, informs the reviewer at 3
+        ex.confidence = None if ex.unreadable else read_confidence(source, response.headers, ex.response_body or b"")
         if plan.hold_all:
             ex.route = HELD
             await self._hold(headers, ex, plan, send, kind="hold", recommendation=recommendation,
@@ -132,14 +134,15 @@ class Holding:
             try:
                 await answers.send_whole(send, ex, response.status, out_headers, body, interruptible=True,
                                          on_complete=lambda: self.recording.record(ex, plan, headers))
-            except answers.Interrupted:  # raised while this answer was judged: judged again
-                await self.raised(headers, ex, response, body, send)
+            except answers.Interrupted as stopped:  # raised while this answer was judged: judged again
+                await self.raised(headers, ex, response, stopped, send)
                 return
             if plan.sampled:
                 self.sample(ex)
             return
         ex.route = HELD
         reason = (f"confidence {ex.confidence:.4g} is below the threshold {plan.threshold:g}" if ex.confidence is not None
+                  else f"confidence unreadable: {ex.unreadable}; the threshold is {plan.threshold:g}" if ex.unreadable
                   else f"confidence missing or unreadable ({source.source}); the threshold is {plan.threshold:g}")
         await self._hold(headers, ex, plan, send, kind="hold", recommendation=recommendation, reason=reason)
 

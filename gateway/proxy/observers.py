@@ -15,8 +15,8 @@ from gateway.proxy.exchange import Exchange
 
 
 def final_status(ex: Exchange) -> int:
-    """What the exchange ended with: its status, or 499 when the client went away first."""
-    return ex.status if not ex.disconnected else 499
+    """What the exchange ended with: its status, 499 when the client went away first; never 0."""
+    return 499 if ex.disconnected else ex.status or 500  # 0: nothing was sent, so the server answered 500
 
 
 class TrafficMetrics:

@@ -55,6 +55,10 @@ def decision_record(ex: "Exchange", request_headers: list[tuple[bytes, bytes]], 
         record["confidence"] = ex.confidence
     if ex.truncated:
         record["response"]["truncated"] = True
+    if ex.decoded_from:
+        record["response"]["decoded_from"] = ex.decoded_from  # the body recorded is the content, decoded from this coding
+    elif ex.unreadable:
+        record["response"]["unreadable"] = ex.unreadable  # recorded as sent
     bodies = {
         "request": redact_body(ex.request_body or b"", redact_pointers),
         "response": redact_body(ex.response_body or b"", redact_pointers),

@@ -3,6 +3,13 @@
 `UpstreamResponse` is what a caller holds: status and headers at once, the body chunk by
 chunk as it arrives. Cancelling the coroutine that waits on a response aborts the
 connection, so the upstream sees the client's disconnect at once.
+
+How an answer's body ends follows RFC 9112 section 6.3, decided once its head is in:
+none for 1xx (skipped), 204, 304 and answers to HEAD; chunked when Transfer-Encoding ends
+in chunked; Content-Length bytes when given; otherwise the connection's close, which is
+then a clean end, not a reset. Transfer-Encoding with Content-Length, several or invalid
+lengths, bad chunk sizes, a 101 (the gateway relays no protocol switch) and a header block
+over the cap are errors (502). A connection that receives bytes while idle is discarded.
 """
 
 from __future__ import annotations
@@ -42,7 +49,10 @@ class _Connection(asyncio.Protocol):
         self._write_paused: asyncio.Future[None] | None = None
         self._begin()
 
-    def _begin(self) -> None:
+    def _begin(self, head_only: bool = False) -> None:
+        self.head_only = head_only  # an answer to HEAD: no body, whatever its headers say
+        self.idle = False
+        self.until_close = False  # the body ends when the upstream closes the connection
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
@@ -61,12 +71,20 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:  # bytes nobody asked for: whatever they are, this connection is not reusable
+            self.abort()
+            return
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamError("protocol", f"upstream sent an invalid HTTP answer: {exc}"))
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamError("protocol", f"upstream switched protocols ({self.status}); the gateway relays "
+                                                 "HTTP answers only"))
             self.abort()
+        except httptools.HttpParserError as exc:
+            if not self.complete:
+                self._fail(UpstreamError("protocol", f"upstream sent an invalid HTTP answer: {exc}"))
+            self.abort()  # bytes after a complete answer are no next answer: the connection goes
 
     def eof_received(self) -> bool:
         return False
@@ -76,7 +94,10 @@ class _Connection(asyncio.Protocol):
         if self.on_lost is not None:
             self.on_lost(self)
             self.on_lost = None
-        if not self.complete:
+        if not self.complete and self.until_close and exc is None and self.error is None:
+            self.complete = True  # a close-delimited body ends here, whole
+            self._wake()
+        elif not self.complete:
             self._fail(UpstreamError("reset", "upstream closed the connection before the answer was complete"))
         paused = self._write_paused
         if paused is not None and not paused.done():
@@ -91,6 +112,10 @@ class _Connection(asyncio.Protocol):
             paused.set_result(None)
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request is no answer: stop here, the connection goes
+            raise ValueError("bytes after a complete answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.max_header_bytes or len(self.headers) >= MAX_HEADERS:
@@ -101,11 +126,25 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
-        if self.status < 200:  # 1xx: an interim answer; the real one follows
-            self.headers = []
+        if self.status < 200:  # 1xx: an interim answer (or a 101, refused in data_received); the real one follows
+            if self.status != 101:
+                self.headers, self.header_bytes = [], 0
             return
+        self.until_close = self._ends_with_close()
         self.headers_done = True
         self._wake()
+
+    def _ends_with_close(self) -> bool:
+        """RFC 9112 6.3: no length and not chunked, and a body is possible: it ends when the connection closes."""
+        if self.head_only or self.status in (204, 304):
+            return False
+        coding = b""
+        for name, value in self.headers:
+            if name == b"content-length":
+                return False
+            if name == b"transfer-encoding":
+                coding = value.rsplit(b",", 1)[-1].strip().lower()
+        return coding != b"chunked"
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
@@ -117,6 +156,10 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self.status < 200:
+            return
+        if self.head_only:  # HEAD: nothing follows the head (a Content-Length describes the GET)
+            self.complete = True
+            self._wake()
             return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()

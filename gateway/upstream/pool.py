@@ -70,6 +70,7 @@ class UpstreamPool:
         request_head = self._head(method, target, headers, len(body) if replayable else None)
         for attempt in (0, 1):
             conn = await self._acquire()
+            conn.head_only = head_only
             try:
                 if replayable:
                     conn.transport.write(request_head + body if len(body) < 65536 else request_head)  # type: ignore[union-attr]
@@ -82,8 +83,8 @@ class UpstreamPool:
                     if conn.error is not None:
                         raise conn.error
                     await conn.wait(self.read_timeout)
-                    if head_only and conn.headers_done:
-                        break
+                if conn.error is not None:  # broken in the same read as the head: say so before any answer starts
+                    raise conn.error
             except UpstreamError as exc:
                 conn.abort()
                 if attempt == 0 and conn.reused and replayable and not conn.got_bytes and exc.kind == "reset":
@@ -184,6 +185,7 @@ class UpstreamPool:
             return
         conn.idle_since = time.monotonic()
         conn.waiter = None
+        conn.idle = True  # from now on, any byte it receives retires it
         self._idle.append(conn)
 
     def close(self) -> None:
