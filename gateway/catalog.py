@@ -22,7 +22,7 @@ class VersionRoute:
     upstream: str
     pool: UpstreamPool
     extra_headers: list[tuple[bytes, bytes]]
-    name_header: bytes
+    served_name: str | None = None  # what the upstream calls the model, when not its public name
 
 
 @dataclass(slots=True)
@@ -63,7 +63,8 @@ def make_version_route(model: str, name: str, version: VersionConfig, timeouts: 
         max_connections=max_connections,
     )
     extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in version.headers.items()]
-    return VersionRoute(model, name, url, pool, extra, name.encode())
+    served = version.served_name if version.served_name != model else None
+    return VersionRoute(model, name, url, pool, extra, served)
 
 
 class Catalog:

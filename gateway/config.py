@@ -27,6 +27,10 @@ Role = Literal["client", "reviewer", "operator", "auditor"]
 ROLES: tuple[str, ...] = ("client", "reviewer", "operator", "auditor")
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# A model's public name may hold "/" between segments, as Hugging Face names do
+# (`meta-llama/Llama-3.1-8B-Instruct`); each segment starts with a letter or digit, so none is "." or "..".
+_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
+MODEL_NAME_MAX = 128
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 
@@ -130,6 +134,9 @@ class VersionConfig(_Strict):
     trust: Trust | None = None
     ignore_paths: tuple[str, ...] = ()
     health_path: str = Field("/", description="what the pre-switch check asks the upstream (any answer below 500 passes)")
+    served_name: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f\"\\]+$",
+                                    description="the name the upstream serves this model under, when it is not the "
+                                                "public one: the body's `model` is rewritten on the way in and back")
 
     _paths = field_validator("artifact", "signature", mode="before")(_path_field)
 
@@ -289,7 +296,7 @@ class Config(_Strict):
     store: str = Field("embedded", description="'embedded' (SQLite in data_dir) or a redis:// URL")
     policy: Path = Path("policies/default.yaml")
     tokens: list[TokenConfig] = Field(default_factory=list)
-    models: dict[Annotated[str, Field(pattern=_NAME)], ModelConfig] = Field(min_length=1)
+    models: dict[Annotated[str, Field(pattern=_MODEL_NAME, max_length=MODEL_NAME_MAX)], ModelConfig] = Field(min_length=1)
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
     metrics: MetricsConfig = MetricsConfig()

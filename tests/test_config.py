@@ -80,6 +80,26 @@ def test_the_active_version_must_be_one_of_the_versions(tmp_path):
     assert _problems(path) == [f"{path}: models.demo: active version 'v9' is not one of the versions (v1)"]
 
 
+@pytest.mark.parametrize("name", ["meta-llama/Llama-3.1-8B-Instruct", "org/team/model-v2.1", "demo_1"])
+def test_a_model_name_may_hold_slashes_between_segments(tmp_path, name):
+    config = load_config(_write(tmp_path, GOOD.replace("  demo:", f"  {name}:")))
+    assert name in config.models
+
+
+@pytest.mark.parametrize("name", ["a//b", "a/", "/a", "a/../b", "a/./b", "..", "a/.hidden", "-x", "a b", "x" * 129])
+def test_a_model_name_that_could_climb_a_path_is_refused(tmp_path, name):
+    (problem,) = _problems(_write(tmp_path, GOOD.replace("  demo:", f"  '{name}':")))
+    assert "models." in problem
+
+
+def test_a_served_name_is_text_without_quotes_or_control_characters(tmp_path):
+    good = GOOD.replace('v1: {upstream: "http://127.0.0.1:9000"}',
+                        'v1: {upstream: "http://127.0.0.1:9000", served_name: "meta-llama/Llama-3.1-8B-Instruct"}')
+    assert load_config(_write(tmp_path, good)).models["demo"].versions["v1"].served_name == "meta-llama/Llama-3.1-8B-Instruct"
+    (problem,) = _problems(_write(tmp_path, good.replace("meta-llama/Llama-3.1-8B-Instruct", 'a\\"b')))
+    assert "served_name" in problem
+
+
 def test_environment_variables_are_interpolated(tmp_path, monkeypatch):
     monkeypatch.setenv("UPSTREAM_KEY", "sk-secret")
     path = _write(tmp_path, GOOD.replace('{upstream: "http://127.0.0.1:9000"}',

@@ -26,7 +26,7 @@ class ModelsApi:
     def routes(self) -> list[Route]:
         return [
             Route("/admin/models", self.list_models, methods=["GET"]),
-            Route("/admin/models/{model}/versions/{version}/verify", self.verify_version, methods=["POST"]),
+            Route("/admin/models/{model:path}/versions/{version}/verify", self.verify_version, methods=["POST"]),
         ]
 
     def describe(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from gateway.api.common import caller, ok
 from gateway.catalog import Catalog
 from gateway.control.state import ControlState
+from gateway.errors import NotFound
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.proxy.stages import Callers
 
@@ -32,6 +33,7 @@ class OpsApi:
             Route("/readyz", self.readyz),
             Route("/metrics", self.render_metrics),
             Route("/v1/models", self.list_models),
+            Route("/v1/models/{model:path}", self.get_model),
         ]
 
     async def healthz(self, request: Request) -> Response:
@@ -54,9 +56,21 @@ class OpsApi:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     async def list_models(self, request: Request) -> Response:
-        """`GET /v1/models`, as OpenAI clients expect it: the models this gateway serves."""
+        """`GET /v1/models`, as OpenAI clients expect it: the models this gateway serves, with their oversight."""
         caller(request, self.callers, "client")
-        created = int(self.started_at() or time.time())
-        data = [{"id": name, "object": "model", "created": created, "owned_by": "oversight-gateway"}
-                for name in sorted(self.catalog.models)]
-        return ok({"object": "list", "data": data})
+        return ok({"object": "list", "data": [self._card(name) for name in sorted(self.catalog.models)]})
+
+    async def get_model(self, request: Request) -> Response:
+        """`GET /v1/models/{id}` (the id may hold "/", as Hugging Face names do)."""
+        caller(request, self.callers, "client")
+        name = request.path_params["model"]
+        if name not in self.catalog.models:
+            raise NotFound(f"unknown model {name!r}; GET /v1/models lists the models this gateway serves",
+                           param="model", code="model_not_found")
+        return ok(self._card(name))
+
+    def _card(self, name: str) -> dict:
+        """The OpenAI model object, and what oversight the model is under right now on this replica."""
+        return {"id": name, "object": "model", "created": int(self.started_at() or time.time()),
+                "owned_by": "oversight-gateway", "oversight_level": self.state.level_for(name),
+                "active_version": self.state.active.get(name)}

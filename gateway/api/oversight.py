@@ -39,7 +39,7 @@ class OversightApi:
         return [
             Route("/admin/oversight", self.describe, methods=["GET"]),
             Route("/admin/oversight/global", self.set_global, methods=["PUT"]),
-            Route("/admin/oversight/models/{name}", self.set_model, methods=["PUT"]),
+            Route("/admin/oversight/models/{name:path}", self.set_model, methods=["PUT"]),
             Route("/admin/oversight/changes/{id}/approve", self.approve, methods=["POST"]),
             Route("/admin/kill", self.kill, methods=["POST"]),
         ]

@@ -45,10 +45,10 @@ class VersionsApi:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/admin/models/{model}/versions", self.list_versions, methods=["GET"]),
-            Route("/admin/models/{model}/versions", self.add_version, methods=["POST"]),
-            Route("/admin/models/{model}/activate", self.activate, methods=["POST"]),
-            Route("/admin/models/{model}/rollback", self.rollback, methods=["POST"]),
+            Route("/admin/models/{model:path}/versions", self.list_versions, methods=["GET"]),
+            Route("/admin/models/{model:path}/versions", self.add_version, methods=["POST"]),
+            Route("/admin/models/{model:path}/activate", self.activate, methods=["POST"]),
+            Route("/admin/models/{model:path}/rollback", self.rollback, methods=["POST"]),
         ]
 
     async def list_versions(self, request: Request) -> Response:

@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--stream-delay-ms", type=float, default=_DEFAULTS.stream_delay_ms,
                         help="pause between streamed events (default %(default)s)")
     parser.add_argument("--name", default=_DEFAULTS.name, help="model name in answers (default %(default)s)")
+    parser.add_argument("--strict-name", action="store_true",
+                        help="like vLLM: answer chat requests for --name only, 404 for any other model")
     parser.set_defaults(func=_run)
 
 
@@ -66,6 +68,7 @@ def switches_from(args: argparse.Namespace) -> Switches:
         "confidence": args.confidence,
         "approval_rate": args.approval_rate,
         "stream_delay_ms": args.stream_delay_ms,
+        "strict_name": args.strict_name,
     }
     checked = {}
     for key, value in values.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from urllib.parse import quote
 
 from gateway.cli.remote import add_remote_arguments, call, show
 
@@ -67,7 +68,7 @@ def _outcome(data: dict) -> str:
 
 
 def _set(args: argparse.Namespace) -> int:
-    path = f"/admin/oversight/models/{args.model}" if args.model else "/admin/oversight/global"
+    path = f"/admin/oversight/models/{quote(args.model, safe='')}" if args.model else "/admin/oversight/global"
     show(args, call(args, "PUT", path, {"level": args.level, "reason": args.reason}), _outcome)
     return 0
 

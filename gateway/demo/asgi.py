@@ -269,6 +269,9 @@ class DemoApp:
 
     async def _chat_answer(self, doc: Any, confidence: float, receive: Receive, send: Send, watcher) -> None:
         last_user, prompt_tokens, max_tokens, stream, logprobs, include_usage = model.chat_request(doc)
+        if self.switches.strict_name and doc.get("model") != self.switches.name:
+            await send_json(send, 404, error_body(404, f"The model `{doc.get('model')}` does not exist.", "NotFoundError"))
+            return
         tokens, finish = model.reply_tokens(last_user, max_tokens)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens), "total_tokens": prompt_tokens + len(tokens)}
         name = self.switches.name

@@ -32,6 +32,7 @@ class Switches:
     stream_delay_ms: float = 20.0  # pause between streamed events
     hang: bool = False  # inference requests never get an answer (until hang is switched off)
     reset: bool = False  # inference requests get their TCP connection reset, no response
+    strict_name: bool = False  # like vLLM: a chat request naming another model than `name` is a 404
 
     def copy(self) -> "Switches":
         return replace(self, skew=dict(self.skew))
@@ -118,6 +119,7 @@ _VALIDATORS = {
     "stream_delay_ms": _non_negative,
     "hang": _flag,
     "reset": _flag,
+    "strict_name": _flag,
 }
 
 

@@ -20,7 +20,7 @@ from gateway.openai.errors import NOT_RETRIED, openai_error_body
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.headers import client_response_headers, header_value
 from gateway.proxy.inflight import STREAMING
-from gateway.upstream import UpstreamResponse
+from gateway.proxy.stages import Answer
 
 if TYPE_CHECKING:
     from gateway.review.tickets import Ticket
@@ -43,7 +43,7 @@ class Interrupted(Exception):
         self.whole = whole
 
 
-async def relay(response: UpstreamResponse, ex: Exchange, send, *, capture: bool, capture_limit: int,
+async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_limit: int,
                 recorded: bool, on_complete: Callable[[], Awaitable[object]]) -> None:
     """Pass the upstream answer through, keeping a copy when `capture` (up to `capture_limit` bytes)."""
     ex.status = ex.response_status = response.status
@@ -113,7 +113,7 @@ def _completing_piece(headers: list[tuple[bytes, bytes]], ex: Exchange) -> Calla
     return None  # chunked or close-delimited: the end of the message is the last piece, sent after the record
 
 
-async def read_all(response: UpstreamResponse, limit: int, read: bytes = b"") -> bytes:
+async def read_all(response: Answer, limit: int, read: bytes = b"") -> bytes:
     """The whole upstream answer (after the `read` bytes already taken), for holding; `AnswerTooLarge` past `limit`."""
     if response.complete and not read:
         return response.take_body()

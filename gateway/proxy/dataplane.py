@@ -162,8 +162,8 @@ class DataPlane:
         else:  # /v1/...: the JSON body names the model
             target = forwarded_path(raw_path)
             body = await read_body(receive, self.limit)
-            v1 = read_v1(body)
-            ex.model, ex.stream = self.resolver.known(v1.model), v1.stream
+            v1 = read_v1(body, header_value(headers, b"content-type"))
+            ex.model, ex.stream, ex.v1 = self.resolver.known(v1.model), v1.stream, v1
         ex.target = target + b"?" + query if query else target
         route, ex.level = self.resolver.active_route(ex.model)
         ex.version = route.name

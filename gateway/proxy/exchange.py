@@ -8,6 +8,7 @@ from time import perf_counter
 from gateway.auth import Caller
 from gateway.ids import random_hex
 from gateway.proxy.content import decode, decoded_headers
+from gateway.proxy.resolve import V1Request
 
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -26,7 +27,7 @@ class Exchange:
         "upstream_seconds", "disconnected", "finished", "error_type", "method", "target",
         "request_body", "response_status", "response_headers", "response_body", "confidence", "ticket", "truncated",
         "sent_start", "client_addr", "upstream_error", "api", "stream", "attached", "raised_to", "phase", "stop",
-        "decoded_from", "unreadable",
+        "decoded_from", "unreadable", "v1",
     )
 
     def __init__(self, request_id: bytes, started: float | None = None) -> None:
@@ -58,6 +59,7 @@ class Exchange:
         self.upstream_error: str | None = None  # connect, reset, timeout, protocol, ended
         self.api = "generic"  # "openai" on /v1 routes: errors and held answers in the OpenAI shape
         self.stream = False  # a /v1 body asked for a stream
+        self.v1: V1Request | None = None  # what resolving read of a /v1 body
         self.attached = False  # a retry that joined its twin's ticket instead of asking the model again
         self.raised_to: int | None = None  # the level rose while this exchange was in flight (see inflight)
         self.phase: str | None = None  # "upstream" (waiting for the answer's head) or "streaming": interruptible

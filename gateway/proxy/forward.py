@@ -14,21 +14,27 @@ from gateway.catalog import VersionRoute
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.headers import upstream_request_headers
-from gateway.upstream import UpstreamError, UpstreamResponse
+from gateway.proxy.names import RenamedAnswer, identity_coding, upstream_body
+from gateway.proxy.stages import Answer
+from gateway.upstream import UpstreamError
 
 
 async def forward(route: VersionRoute, ex: Exchange, client_headers: list[tuple[bytes, bytes]],
-                  body: bytes | AsyncIterator[bytes], *, scheme: bytes) -> UpstreamResponse:
+                  body: bytes | AsyncIterator[bytes], *, scheme: bytes) -> Answer:
     """Send the request upstream; returns once the answer's status and headers arrived."""
     headers = upstream_request_headers(client_headers, request_id=ex.request_id, client_addr=ex.client_addr.encode(),
                                        scheme=scheme, extra=route.extra_headers)
+    renamed = route.served_name is not None and ex.v1 is not None and isinstance(body, bytes)
+    if renamed:  # the upstream serves this model under another name
+        body = upstream_body(body, ex.v1, route.served_name)  # type: ignore[arg-type]
+        headers = identity_coding(headers)
     sent = perf_counter()
     try:
         response = await route.pool.request(ex.method.encode(), ex.target, headers, body)
     except UpstreamError as exc:
         raise upstream_failure(exc, ex) from None
     ex.upstream_seconds = perf_counter() - sent
-    return response
+    return RenamedAnswer(response, route.served_name, ex.model) if renamed else response  # type: ignore[arg-type]
 
 
 def upstream_failure(exc: UpstreamError, ex: Exchange) -> GatewayError:

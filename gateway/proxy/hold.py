@@ -33,11 +33,10 @@ from gateway.proxy.exchange import Exchange
 from gateway.proxy.headers import client_response_headers
 from gateway.proxy.outcome import answer_for, stream_for
 from gateway.proxy.prefer import Preferences, parse_prefer
-from gateway.proxy.stages import Planning, Recording
+from gateway.proxy.stages import Answer, Planning, Recording
 from gateway.redaction import redact_headers
 from gateway.review.retries import RetryHints, fingerprint
 from gateway.review.tickets import HeldRequest, Kind, Recommendation, Ticket
-from gateway.upstream import UpstreamResponse
 
 Headers = list[tuple[bytes, bytes]]
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -88,7 +87,7 @@ class Holding:
         await self._hold(headers, ex, plan, send, kind="human", recommendation=None,
                          reason=f"level {plan.level}: the model is paused; a human decides")
 
-    async def hold_or_release(self, headers: Headers, ex: Exchange, plan: Plan, response: UpstreamResponse, send,
+    async def hold_or_release(self, headers: Headers, ex: Exchange, plan: Plan, response: Answer, send,
                               read: bytes = b"") -> None:
         """Levels 2 and 3: the whole answer is read before anything reaches the client."""
         try:
@@ -100,7 +99,7 @@ class Holding:
             return
         await self._judge(headers, ex, plan, response, body, send)
 
-    async def raised(self, headers: Headers, ex: Exchange, response: UpstreamResponse | None,
+    async def raised(self, headers: Headers, ex: Exchange, response: Answer | None,
                      stopped: answers.Interrupted | None, send) -> None:
         """The level rose while this exchange was in flight: what is left of it is planned again at the new level."""
         level, ex.raised_to = ex.raised_to, None
@@ -116,7 +115,7 @@ class Holding:
             await self.hold_or_release(headers, ex, plan, response, send,  # type: ignore[arg-type]
                                        stopped.read if stopped else b"")
 
-    async def _judge(self, headers: Headers, ex: Exchange, plan: Plan, response: UpstreamResponse, body: bytes,
+    async def _judge(self, headers: Headers, ex: Exchange, plan: Plan, response: Answer, body: bytes,
                      send) -> None:
         """Hold the whole answer (level 3, or below the threshold at level 2), or release it."""
         out_headers = client_response_headers(response.headers, keep_length=False)

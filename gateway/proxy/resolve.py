@@ -1,7 +1,7 @@
 """Resolving the model and version: which upstream a request goes to, and at which level.
 
-`/models/{name}/...` names the model in the path; `/v1/...` in the JSON body's `model`
-field. The active version and the effective level come from the control state's mirror
+`/models/{name}/...` names the model in the path; `/v1/...` in the body's `model` field
+(JSON, or a multipart form field for file uploads). The active version and the effective level come from the control state's mirror
 (memory only); where the version lives comes from the catalog.
 """
 
@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from gateway.catalog import Catalog, VersionRoute
 from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.proxy.forms import FormError, boundary_of, form_fields
 
 
 class ServingState(Protocol):
@@ -75,22 +76,43 @@ def split_model_path(raw_path: bytes, known) -> tuple[str, bytes]:
 
 @dataclass(frozen=True, slots=True)
 class V1Request:
-    """What the data plane reads of a `/v1` JSON body (parsed once, here)."""
+    """What the data plane reads of a `/v1` body (parsed once, here).
+
+    `doc` is the parsed JSON body; `model_at` where a multipart body's `model` value lies
+    (both kept so a served name can replace the public one without parsing again).
+    """
 
     model: str
     stream: bool
+    doc: dict | None = None
+    model_at: tuple[int, int] | None = None
 
 
-def read_v1(body: bytes) -> V1Request:
-    """The `model` a `/v1` request's JSON body names, and whether it asks for a stream."""
+def read_v1(body: bytes, content_type: bytes | None = None) -> V1Request:
+    """The `model` a `/v1` request names (JSON body, or a multipart form field), and whether it asks for a stream."""
     if not body:
         raise BadRequest("a /v1 request needs a JSON body with a `model` field", param="model")
     try:
+        boundary = boundary_of(content_type) if content_type else None
+        if boundary is not None:
+            fields = form_fields(body, boundary, _FORM_FIELDS)
+            model = fields.get("model")
+            if model is None or not model.value:
+                raise BadRequest("the multipart form has no `model` field; /v1 routes are routed by it", param="model")
+            stream = fields.get("stream")
+            return V1Request(model.value, stream is not None and stream.value.strip().lower() == "true",
+                             model_at=(model.start, model.end))
+    except FormError as exc:
+        raise BadRequest(str(exc)) from None
+    try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadRequest("request body is not valid JSON; /v1 routes are routed by the body's `model` field") from None
+        raise BadRequest("request body is not valid JSON; /v1 routes are routed by the body's `model` field "
+                         "(or a multipart/form-data `model` field)") from None
     model = doc.get("model") if isinstance(doc, dict) else None
     if not isinstance(model, str) or not model:
         raise BadRequest("the JSON body has no `model` string; /v1 routes are routed by it", param="model")
-    return V1Request(model, doc.get("stream") is True)
+    return V1Request(model, doc.get("stream") is True, doc=doc)
 
+
+_FORM_FIELDS = frozenset({"model", "stream"})

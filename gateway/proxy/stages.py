@@ -37,6 +37,27 @@ class Planning(Protocol):
     def plan(self, model: str, level: int) -> "Plan": ...
 
 
+class Answer(Protocol):
+    """What forwarding hands back: an upstream answer whose head is in and whose body is read on demand.
+
+    `gateway.upstream.UpstreamResponse` is one; `gateway.proxy.names.RenamedAnswer` wraps one.
+    """
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+    @property
+    def complete(self) -> bool: ...
+
+    def take_body(self) -> bytes: ...
+
+    async def read_chunk(self) -> bytes: ...
+
+    def release(self) -> None: ...
+
+    def abort(self, reason: str) -> None: ...
+
+
 class Recording(Protocol):
     """Record the exchange as evidence when the plan or its route says so."""
 

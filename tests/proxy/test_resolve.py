@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from gateway.catalog import Catalog
@@ -65,6 +66,30 @@ def test_a_v1_body_without_a_usable_model_is_400(body, says):
 
 
 def test_a_v1_body_names_its_model_and_whether_it_streams():
-    assert read_v1(b'{"model": "credit", "messages": []}') == V1Request("credit", False)
-    assert read_v1(b'{"model": "credit", "stream": true}') == V1Request("credit", True)
-    assert read_v1(b'{"model": "credit", "stream": "yes"}') == V1Request("credit", False)
+    assert read_v1(b'{"model": "credit", "messages": []}') == V1Request("credit", False, {"model": "credit", "messages": []})
+    assert read_v1(b'{"model": "credit", "stream": true}').stream is True
+    assert read_v1(b'{"model": "credit", "stream": "yes"}').stream is False
+
+
+def _form(fields: dict, files: dict | None = None) -> tuple[bytes, bytes]:
+    request = httpx.Request("POST", "http://gw/v1/audio/transcriptions", data=fields, files=files)
+    return request.read(), request.headers["content-type"].encode()
+
+
+def test_a_multipart_v1_body_is_routed_by_its_model_field_wherever_it_is():
+    audio = {"file": ("a.wav", b"RIFF" + b"\r\n--" * 50 + b"\x00" * 5000, "audio/wav")}
+    body, content_type = _form({"model": "whisper/large-v3", "stream": "true"}, audio)
+    v1 = read_v1(body, content_type)
+    assert (v1.model, v1.stream) == ("whisper/large-v3", True)
+    assert body[v1.model_at[0]:v1.model_at[1]] == b"whisper/large-v3"  # where a served name would go
+
+
+@pytest.mark.parametrize("fields, content_type, says", [
+    ({"language": "en"}, None, "no `model` field"),
+    ({"model": ""}, None, "no `model` field"),
+    ({"model": "m"}, b"multipart/form-data", "without a boundary"),
+])
+def test_a_multipart_body_without_a_usable_model_is_400(fields, content_type, says):
+    body, real_type = _form(fields, {"file": ("a.wav", b"x")})
+    with pytest.raises(BadRequest, match=says):
+        read_v1(body, content_type or real_type)
