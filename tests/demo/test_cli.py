@@ -21,13 +21,13 @@ def test_start_line_names_the_model_and_url(demo_server):
 
 def test_flags_set_the_start_up_switches():
     server = start_demo("--latency-ms", "5", "--fail-rate", "0.5", "--fail-status", "502",
-                        "--confidence", "0.61", "--stream-delay-ms", "7", "--name", "flagged")
+                        "--confidence", "0.61", "--stream-delay-ms", "7", "--name", "flagged", "--strict-name")
     try:
         with httpx.Client(base_url=server.url, timeout=5) as client:
             state = client.get("/_demo/state").json()
             assert state == {"name": "flagged", "latency_ms": 5.0, "fail_rate": 0.5, "fail_status": 502,
                              "confidence": 0.61, "approval_rate": 0.7, "skew": {}, "stream_delay_ms": 7.0,
-                             "hang": False, "reset": False}
+                             "hang": False, "reset": False, "strict_name": True}
             statuses = [client.post("/predict", json={"applicant": {"id": i}}).status_code for i in range(4)]
             assert statuses == [200, 502, 200, 502]
     finally:
