@@ -8,19 +8,20 @@ at run time from the registry.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gateway.config import Config, Timeouts, UpstreamTls, VersionConfig
 from gateway.configfile import ConfigError
-from gateway.upstream import UpstreamPool
+from gateway.upstream import ConnectionBudget, Endpoint, Endpoints, UpstreamPool
 
 
 @dataclass(slots=True)
 class VersionRoute:
     model: str
     name: str
-    upstream: str
-    pool: UpstreamPool
+    upstream: str  # the first endpoint (what a pre-switch check and a smoke run talk to)
+    pool: Endpoints
     extra_headers: list[tuple[bytes, bytes]]
     served_name: str | None = None  # what the upstream calls the model, when not its public name
 
@@ -53,18 +54,19 @@ def upstream_ssl_context(tls: UpstreamTls | None) -> ssl.SSLContext | None:
 
 def make_version_route(model: str, name: str, version: VersionConfig, timeouts: Timeouts,
                        max_connections: int = 512) -> VersionRoute:
-    url = str(version.upstream)
-    pool = UpstreamPool(
-        url,
-        ssl_context=upstream_ssl_context(version.tls) if url.startswith("https") else None,
-        connect_timeout=timeouts.connect,
-        read_timeout=timeouts.read,
-        idle_timeout=timeouts.pool_idle,
-        max_connections=max_connections,
-    )
+    urls = version.urls
+    context = upstream_ssl_context(version.tls) if any(u.startswith("https") for u in urls) else None
+
+    def pool(url: str, budget: ConnectionBudget) -> UpstreamPool:
+        return UpstreamPool(url, ssl_context=context if url.startswith("https") else None,
+                            connect_timeout=timeouts.connect, read_timeout=timeouts.read,
+                            idle_timeout=timeouts.pool_idle, budget=budget)
+
+    endpoints = Endpoints(urls, pool, budget=ConnectionBudget(max_connections, timeouts.connect),
+                          probe_interval=version.probe_interval, connect_timeout=timeouts.connect)
     extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in version.headers.items()]
     served = version.served_name if version.served_name != model else None
-    return VersionRoute(model, name, url, pool, extra, served)
+    return VersionRoute(model, name, urls[0], endpoints, extra, served)
 
 
 class Catalog:
@@ -96,6 +98,13 @@ class Catalog:
         added = make_version_route(model, name, version, self.timeouts, self.max_connections)
         route.versions[name] = added
         return added
+
+    def endpoints(self) -> Iterator[tuple[str, str, Endpoint]]:
+        """Every (model, version, endpoint) this replica sends to."""
+        for model, route in self.models.items():
+            for version, version_route in route.versions.items():
+                for endpoint in version_route.pool.endpoints:
+                    yield model, version, endpoint
 
     def close(self) -> None:
         for model in self.models.values():

@@ -126,7 +126,9 @@ Headers = Annotated[dict[str, str], AfterValidator(_sendable_headers)]
 
 
 class VersionConfig(_Strict):
-    upstream: AnyHttpUrl
+    upstream: AnyHttpUrl | None = Field(None, description="the version's base URL (or `upstreams` for several)")
+    upstreams: tuple[AnyHttpUrl, ...] = Field((), description="several base URLs: replicas of one inference server")
+    probe_interval: Seconds = Field(2.0, gt=0, description="how often an ejected endpoint is tried again")
     headers: Headers = Field(default_factory=dict, description="added to every upstream request, e.g. an API key")
     tls: UpstreamTls | None = None
     artifact: Path | None = None
@@ -142,10 +144,31 @@ class VersionConfig(_Strict):
 
     @field_validator("upstream")
     @classmethod
-    def _no_query(cls, url: AnyHttpUrl) -> AnyHttpUrl:
-        if url.query or url.fragment:
+    def _no_query(cls, url: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        if url is not None and (url.query or url.fragment):
             raise ValueError("expected a base URL without query or fragment")
         return url
+
+    @field_validator("upstreams")
+    @classmethod
+    def _no_queries(cls, urls: tuple[AnyHttpUrl, ...]) -> tuple[AnyHttpUrl, ...]:
+        for url in urls:
+            if url.query or url.fragment:
+                raise ValueError(f"expected base URLs without query or fragment (got {url})")
+        if len(set(map(str, urls))) != len(urls):
+            raise ValueError("an endpoint is listed twice")
+        return urls
+
+    @model_validator(mode="after")
+    def _one_way_to_the_upstream(self) -> "VersionConfig":
+        if (self.upstream is None) == (not self.upstreams):
+            raise ValueError("give `upstream: URL` or `upstreams: [URL, ...]`")
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        """Every endpoint of the version, as given."""
+        return [str(self.upstream)] if self.upstream is not None else [str(u) for u in self.upstreams]
 
     @model_validator(mode="after")
     def _integrity_complete(self) -> "VersionConfig":

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
@@ -82,5 +87,38 @@ class Metrics:
     def upstream_error(self, model: str, version: str, kind: str) -> None:
         self.upstream_errors.labels(model, version, kind).inc()
 
+    def watch_endpoints(self, endpoints: Callable[[], Iterable[tuple[str, str, Any]]]) -> None:
+        """Per-endpoint figures, read from the balancers' own counters when scraped (nothing per request)."""
+        self.registry.register(_EndpointCollector(endpoints))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EndpointCollector(Collector):
+    """`gateway_upstream_endpoint_*`: each endpoint's requests, outstanding requests, state and ejections."""
+
+    def __init__(self, endpoints: Callable[[], Iterable[tuple[str, str, Any]]]) -> None:
+        self.endpoints = endpoints
+
+    def describe(self):
+        return []  # the families are known only at scrape time
+
+    def collect(self):
+        labels = ["model", "version", "endpoint"]
+        requests = CounterMetricFamily("gateway_upstream_endpoint_requests", "Requests sent to each endpoint.", labels=labels)
+        outstanding = GaugeMetricFamily("gateway_upstream_endpoint_outstanding", "Requests in flight per endpoint.",
+                                        labels=labels)
+        up = GaugeMetricFamily("gateway_upstream_endpoint_up", "1 while an endpoint is in rotation, 0 while ejected.",
+                               labels=labels)
+        ejections = CounterMetricFamily("gateway_upstream_endpoint_ejections", "Times an endpoint was ejected.", labels=labels)
+        failures = CounterMetricFamily("gateway_upstream_endpoint_connect_failures", "Connects to an endpoint that failed.",
+                                       labels=labels)
+        for model, version, endpoint in self.endpoints():
+            key = [model, version, endpoint.url]
+            requests.add_metric(key, endpoint.requests)
+            outstanding.add_metric(key, endpoint.outstanding)
+            up.add_metric(key, 1 if endpoint.up else 0)
+            ejections.add_metric(key, endpoint.ejections)
+            failures.add_metric(key, endpoint.connect_failures)
+        yield from (requests, outstanding, up, ejections, failures)

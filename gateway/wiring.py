@@ -89,6 +89,7 @@ class Gateway:
         self.tokens = TokenTable(config.tokens)
         self.metrics = Metrics()
         self.catalog = Catalog(config)
+        self.metrics.watch_endpoints(self.catalog.endpoints)
 
         # oversight: levels, plans, the serving gate ---------------------------------------------
         self.levels = LevelControl(self.state, self.store, oversight, models, self.recorder)

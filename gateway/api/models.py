@@ -37,6 +37,9 @@ class ModelsApi:
                 "active": active,
                 "level": self.state.level_for(name),
                 "versions": {version: {"upstream": vr.upstream, "active": version == active,
+                                       "endpoints": [{"url": e.url, "up": e.up, "outstanding": e.outstanding,
+                                                      "requests": e.requests, "ejections": e.ejections}
+                                                     for e in vr.pool.endpoints],
                                        **self.integrity.describe(name, version)}
                              for version, vr in route.versions.items()},
             }

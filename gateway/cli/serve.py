@@ -99,7 +99,7 @@ def _start_demo_model(gateway) -> subprocess.Popen:
     model = gateway.config.models.get("demo")
     if model is None:
         raise CliError("--with-demo-model needs a model named `demo` in the config")
-    url = urlsplit(str(model.versions[model.initial_version].upstream))
+    url = urlsplit(model.versions[model.initial_version].urls[0])
     host, port = url.hostname or "127.0.0.1", url.port or 80
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo-model", "--host", host, "--port", str(port)],
                             preexec_fn=_die_with_parent)

@@ -26,11 +26,16 @@ MAX_HEADERS = 256
 
 
 class UpstreamError(Exception):
-    """The upstream could not give an answer: `kind` is connect, reset, timeout, protocol, busy or ended."""
+    """The upstream could not give an answer: `kind` is connect, reset, timeout, protocol, busy or ended.
 
-    def __init__(self, kind: str, message: str) -> None:
+    `reached` is False when no byte of the request can have reached the upstream (the
+    connection was never made): such a request may be sent elsewhere without being repeated.
+    """
+
+    def __init__(self, kind: str, message: str, *, reached: bool = True) -> None:
         super().__init__(message)
         self.kind = kind
+        self.reached = reached
 
 
 class _Connection(asyncio.Protocol):
@@ -211,9 +216,10 @@ def _expire(fut: asyncio.Future[None]) -> None:
 class UpstreamResponse:
     """Status and headers of an upstream answer; the body is read with `read_chunk`."""
 
-    __slots__ = ("status", "headers", "_conn", "_keep", "_read_timeout", "_head_only", "_released")
+    __slots__ = ("status", "headers", "_conn", "_keep", "_read_timeout", "_head_only", "_released", "_done")
 
-    def __init__(self, conn: _Connection, keep: Callable[[_Connection], None], read_timeout: float, head_only: bool) -> None:
+    def __init__(self, conn: _Connection, keep: Callable[[_Connection], None], read_timeout: float, head_only: bool,
+                 done: Callable[[], None] | None = None) -> None:
         self.status = conn.status
         self.headers = conn.headers
         self._conn = conn
@@ -221,6 +227,7 @@ class UpstreamResponse:
         self._read_timeout = read_timeout
         self._head_only = head_only
         self._released = False
+        self._done = done  # told once, when this answer is over (read, released or aborted)
 
     @property
     def complete(self) -> bool:
@@ -262,12 +269,15 @@ class UpstreamResponse:
         """End this answer now (a pause landed): the reader gets an `ended` error."""
         self._conn._fail(UpstreamError("ended", reason))
         self._conn.abort()
+        self.release()
 
     def release(self) -> None:
         """Give the connection back for reuse if it is clean, else close it. Idempotent."""
         if self._released:
             return
         self._released = True
+        if self._done is not None:
+            self._done()
         conn = self._conn
         if conn.complete and conn.keep_alive and not conn.closed and not self._head_only and conn.error is None:
             self._keep(conn)

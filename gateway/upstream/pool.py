@@ -12,12 +12,41 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 from gateway.upstream.connection import UpstreamError, UpstreamResponse, _Connection
 
 _CRLF = b"\r\n"
+
+
+class ConnectionBudget:
+    """How many connections may be open at once (one version's, across its endpoints), and waiting for one."""
+
+    def __init__(self, limit: int, wait: float) -> None:
+        self.limit = limit
+        self.wait = wait  # how long a request waits for a free slot before it is refused (busy)
+        self.open = 0
+        self._freed: asyncio.Event | None = None
+
+    async def take(self, where: str) -> None:
+        if self.open >= self.limit:
+            deadline = time.monotonic() + self.wait
+            while self.open >= self.limit:
+                if self._freed is None:
+                    self._freed = asyncio.Event()
+                self._freed.clear()
+                try:
+                    await asyncio.wait_for(self._freed.wait(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    raise UpstreamError("busy", f"all {self.limit} connections to {where} are in use "
+                                                f"(limits.upstream_connections)", reached=False) from None
+        self.open += 1  # counted from the attempt on, so concurrent connects respect the bound
+
+    def give_back(self) -> None:
+        self.open -= 1
+        if self._freed is not None:
+            self._freed.set()
 
 
 class UpstreamPool:
@@ -33,6 +62,7 @@ class UpstreamPool:
         idle_timeout: float = 30.0,
         max_idle: int = 512,
         max_connections: int = 512,
+        budget: ConnectionBudget | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         self.scheme = parts.scheme
@@ -48,10 +78,9 @@ class UpstreamPool:
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
-        self.max_connections = max_connections  # a bound on what one version may hold, slow clients or not
+        # a bound on what one version may hold, slow clients or not (shared by its endpoints)
+        self.budget = budget or ConnectionBudget(max_connections, connect_timeout)
         self._idle: deque[_Connection] = deque()
-        self._open = 0
-        self._freed: asyncio.Event | None = None
 
     async def request(
         self,
@@ -59,11 +88,13 @@ class UpstreamPool:
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterator[bytes] = b"",
+        done: Callable[[], None] | None = None,
     ) -> UpstreamResponse:
         """Send one request; returns when the status and headers have arrived.
 
         `target` is the path and query below the pool's base URL. `headers` must not hold
-        Host, Content-Length or Transfer-Encoding; they are written here.
+        Host, Content-Length or Transfer-Encoding; they are written here. `done` is called
+        once the answer is over (read, released or aborted).
         """
         head_only = method == b"HEAD"
         replayable = isinstance(body, (bytes, bytearray))
@@ -93,7 +124,7 @@ class UpstreamPool:
             except BaseException:
                 conn.abort()
                 raise
-            return UpstreamResponse(conn, self._put_idle, self.read_timeout, head_only)
+            return UpstreamResponse(conn, self._put_idle, self.read_timeout, head_only, done)
         raise AssertionError("unreachable")
 
     def _head(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], length: int | None) -> bytes:
@@ -126,28 +157,10 @@ class UpstreamPool:
             conn.reused = True
             conn._begin()
             return conn
-        if self._open >= self.max_connections:
-            await self._wait_for_a_slot()
         return await self._connect()
 
-    async def _wait_for_a_slot(self) -> None:
-        """Every connection this version may hold is in use: wait (up to the connect timeout) for one to close."""
-        deadline = time.monotonic() + self.connect_timeout
-        while self._open >= self.max_connections:
-            if self._freed is None:
-                self._freed = asyncio.Event()
-            self._freed.clear()
-            remaining = deadline - time.monotonic()
-            try:
-                await asyncio.wait_for(self._freed.wait(), max(0.0, remaining))
-            except asyncio.TimeoutError:
-                raise UpstreamError("busy", f"all {self.max_connections} connections to {self.host}:{self.port} are "
-                                            f"in use (limits.upstream_connections)") from None
-
     def _lost(self, conn: _Connection | None) -> None:
-        self._open -= 1
-        if self._freed is not None:
-            self._freed.set()
+        self.budget.give_back()
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -157,7 +170,7 @@ class UpstreamPool:
             made.append(_Connection(loop, self._lost))
             return made[-1]
 
-        self._open += 1  # counted from the attempt on, so concurrent connects respect the bound
+        await self.budget.take(f"{self.host}:{self.port}")
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(protocol, self.host, self.port, ssl=self.ssl_context,
@@ -170,12 +183,13 @@ class UpstreamPool:
                     made[0].on_lost = None
                 self._lost(None)
             if isinstance(exc, asyncio.TimeoutError):
-                raise UpstreamError("timeout", f"connecting to {self.host}:{self.port} timed out") from None
+                raise UpstreamError("timeout", f"connecting to {self.host}:{self.port} timed out", reached=False) from None
             if isinstance(exc, ssl.SSLError):
                 raise UpstreamError("connect", f"TLS handshake with {self.host}:{self.port} failed: "
-                                               f"{exc.reason or exc}") from None
+                                               f"{exc.reason or exc}", reached=False) from None
             if isinstance(exc, OSError):
-                raise UpstreamError("connect", f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
+                raise UpstreamError("connect", f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}",
+                                    reached=False) from None
             raise
         return conn
 
