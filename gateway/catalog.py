@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from gateway.config import Config, Timeouts, UpstreamTls, VersionConfig
 from gateway.configfile import ConfigError
 from gateway.upstream import ConnectionBudget, Endpoint, Endpoints, UpstreamPool
+from gateway.upstream.egress import proxy_for
 
 
 @dataclass(slots=True)
@@ -53,14 +54,21 @@ def upstream_ssl_context(tls: UpstreamTls | None) -> ssl.SSLContext | None:
 
 
 def make_version_route(model: str, name: str, version: VersionConfig, timeouts: Timeouts,
-                       max_connections: int = 512) -> VersionRoute:
+                       max_connections: int = 512, *, proxy_from_env: bool = True) -> VersionRoute:
     urls = version.urls
-    context = upstream_ssl_context(version.tls) if any(u.startswith("https") for u in urls) else None
+    try:
+        context = upstream_ssl_context(version.tls) if any(u.startswith("https") for u in urls) else None
+    except ValueError as exc:
+        raise ValueError(f"tls: {exc}") from None
+    try:
+        proxies = {url: proxy_for(url) if proxy_from_env else None for url in urls}
+    except ValueError as exc:
+        raise ValueError(f"upstream: {exc} (from the environment; egress.proxy_from_env: false ignores it)") from None
 
     def pool(url: str, budget: ConnectionBudget) -> UpstreamPool:
         return UpstreamPool(url, ssl_context=context if url.startswith("https") else None,
                             connect_timeout=timeouts.connect, read_timeout=timeouts.read,
-                            idle_timeout=timeouts.pool_idle, budget=budget)
+                            idle_timeout=timeouts.pool_idle, budget=budget, proxy=proxies[url])
 
     endpoints = Endpoints(urls, pool, budget=ConnectionBudget(max_connections, timeouts.connect),
                           probe_interval=version.probe_interval, connect_timeout=timeouts.connect)
@@ -75,16 +83,18 @@ class Catalog:
     def __init__(self, config: Config) -> None:
         self.timeouts = config.timeouts
         self.max_connections = config.limits.upstream_connections
+        self.proxy_from_env = config.egress.proxy_from_env
         self.models: dict[str, ModelRoute] = {}
         problems = []
         for model_name, model in config.models.items():
             route = ModelRoute(model_name)
             for version_name, version in model.versions.items():
                 try:
-                    route.versions[version_name] = make_version_route(model_name, version_name, version, config.timeouts,
-                                                                      self.max_connections)
+                    route.versions[version_name] = make_version_route(
+                        model_name, version_name, version, config.timeouts, self.max_connections,
+                        proxy_from_env=self.proxy_from_env)
                 except ValueError as exc:
-                    problems.append(f"{config.source or 'config'}: models.{model_name}.versions.{version_name}.tls: {exc}")
+                    problems.append(f"{config.source or 'config'}: models.{model_name}.versions.{version_name}.{exc}")
             self.models[model_name] = route
         if problems:
             self.close()
@@ -95,7 +105,8 @@ class Catalog:
         existing = route.versions.get(name)
         if existing is not None:
             return existing
-        added = make_version_route(model, name, version, self.timeouts, self.max_connections)
+        added = make_version_route(model, name, version, self.timeouts, self.max_connections,
+                                   proxy_from_env=self.proxy_from_env)
         route.versions[name] = added
         return added
 

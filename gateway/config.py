@@ -302,6 +302,12 @@ def decode_key(text: str) -> bytes | None:
     return raw if len(raw) == 32 else None
 
 
+class Egress(_Strict):
+    """How upstreams outside the network are reached."""
+
+    proxy_from_env: bool = Field(True, description="honour HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY, as httpx does")
+
+
 class WebhookTarget(_Strict):
     """Where incident notifications go: a generic JSON webhook or a Slack-compatible incoming webhook."""
 
@@ -322,6 +328,7 @@ class Config(_Strict):
     models: dict[Annotated[str, Field(pattern=_MODEL_NAME, max_length=MODEL_NAME_MAX)], ModelConfig] = Field(min_length=1)
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
+    egress: Egress = Egress()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     evidence: EvidenceConfig = EvidenceConfig()

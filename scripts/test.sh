@@ -32,4 +32,7 @@ if [ ! -d tests/clients/node/node_modules/openai ]; then
 fi
 # The virtualenv's commands (`gateway` among them) come first, as in a shell that activated it.
 export PATH="$PWD/.venv/bin:$PATH"
+# Everything the tests start listens on loopback: a proxy set for this shell must not carry it
+# (tests/upstream/test_egress.py sets its own proxy variables for the gateways it starts).
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
 exec .venv/bin/python -m pytest "$@"

@@ -202,6 +202,7 @@ class GatewayProcess:
     port: int
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    env: dict[str, str] | None = None  # added to (or, with None values, removed from) this process's environment
 
     @property
     def url(self) -> str:
@@ -212,10 +213,19 @@ class GatewayProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(self.config), "--port", str(self.port)],
-            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=dies_with_tests,
+            stdout=log, stderr=log, env=self._environment(), preexec_fn=dies_with_tests,
         )
         wait_port(self.port, self.proc, timeout)
         return self
+
+    def _environment(self) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for name, value in (self.env or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path else ""

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 from gateway.upstream.connection import UpstreamError, UpstreamResponse, _Connection
+from gateway.upstream.egress import ForwardProxy, open_tunnel
 
 _CRLF = b"\r\n"
 
@@ -63,6 +64,7 @@ class UpstreamPool:
         max_idle: int = 512,
         max_connections: int = 512,
         budget: ConnectionBudget | None = None,
+        proxy: ForwardProxy | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         self.scheme = parts.scheme
@@ -80,6 +82,9 @@ class UpstreamPool:
         self.max_idle = max_idle
         # a bound on what one version may hold, slow clients or not (shared by its endpoints)
         self.budget = budget or ConnectionBudget(max_connections, connect_timeout)
+        self.proxy = proxy  # a forward proxy on the way (`gateway.upstream.egress`)
+        # Through a proxy, a plain-HTTP request names its origin in the request line (absolute form).
+        self._origin = (b"http://" + self.host_header) if proxy is not None and self.scheme == "http" else b""
         self._idle: deque[_Connection] = deque()
 
     async def request(
@@ -128,13 +133,17 @@ class UpstreamPool:
         raise AssertionError("unreachable")
 
     def _head(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], length: int | None) -> bytes:
-        lines = [method, b" ", self.base_path, target, b" HTTP/1.1\r\nhost: ", self.host_header, _CRLF]
+        # The framing fields in their conventional case: names are case-insensitive, but some
+        # intermediaries (proxy.py among them) match them by exact spelling and would add their own.
+        lines = [method, b" ", self._origin, self.base_path, target, b" HTTP/1.1\r\nHost: ", self.host_header, _CRLF]
+        if self._origin and self.proxy.authorization:  # type: ignore[union-attr]
+            lines += (b"Proxy-Authorization: ", self.proxy.authorization, _CRLF)  # type: ignore[union-attr]
         for name, value in headers:
             lines += (name, b": ", value, _CRLF)
         if length is None:
-            lines.append(b"transfer-encoding: chunked\r\n")
+            lines.append(b"Transfer-Encoding: chunked\r\n")
         elif length or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
-            lines += (b"content-length: ", str(length).encode(), _CRLF)
+            lines += (b"Content-Length: ", str(length).encode(), _CRLF)
         lines.append(_CRLF)
         return b"".join(lines)
 
@@ -172,11 +181,7 @@ class UpstreamPool:
 
         await self.budget.take(f"{self.host}:{self.port}")
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(protocol, self.host, self.port, ssl=self.ssl_context,
-                                       server_hostname=self.host if self.ssl_context else None),
-                self.connect_timeout,
-            )
+            return await asyncio.wait_for(self._open(loop, protocol), self.connect_timeout)
         except BaseException as exc:
             if not made or made[0].on_lost is not None:  # the slot was not given back by a lost connection
                 if made:
@@ -188,9 +193,21 @@ class UpstreamPool:
                 raise UpstreamError("connect", f"TLS handshake with {self.host}:{self.port} failed: "
                                                f"{exc.reason or exc}", reached=False) from None
             if isinstance(exc, OSError):
-                raise UpstreamError("connect", f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}",
-                                    reached=False) from None
+                where = f"the proxy {self.proxy.host}:{self.proxy.port}" if self.proxy else f"{self.host}:{self.port}"
+                raise UpstreamError("connect", f"cannot connect to {where}: {exc.strerror or exc}", reached=False) from None
             raise
+
+    async def _open(self, loop: asyncio.AbstractEventLoop, protocol) -> _Connection:
+        """A connection to the origin: direct, to the proxy (plain HTTP), or through its tunnel (HTTPS)."""
+        if self.proxy is None:
+            _, conn = await loop.create_connection(protocol, self.host, self.port, ssl=self.ssl_context,
+                                                   server_hostname=self.host if self.ssl_context else None)
+            return conn
+        if self.ssl_context is None:
+            _, conn = await loop.create_connection(protocol, self.proxy.host, self.proxy.port)
+            return conn
+        conn = protocol()
+        await open_tunnel(loop, conn, self.proxy, self.host, self.port, self.ssl_context)
         return conn
 
     def _put_idle(self, conn: _Connection) -> None:

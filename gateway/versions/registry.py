@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.catalog import Catalog, upstream_ssl_context
+from gateway.upstream.egress import proxy_for
 from gateway.config import ModelConfig, VersionConfig
 from gateway.configfile import ConfigError, describe_errors, env_references, interpolate
 from gateway.control import keys
@@ -116,6 +117,11 @@ class Registry:
             upstream_ssl_context(config.tls)
         except ValueError as exc:
             raise BadRequest(f"spec.tls: {exc}") from None
+        try:
+            for url in config.urls:
+                proxy_for(url)
+        except ValueError as exc:
+            raise BadRequest(f"spec.upstream: {exc} (from the gateway's environment)") from None
         return config
 
     def _check_env_references(self, model: str, raw_spec: Any) -> None:
