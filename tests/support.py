@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -44,11 +45,19 @@ TOKENS = {
 _ROLE_OF = {"client2": "client", "reviewer2": "reviewer", "operator2": "operator"}
 
 
-def dies_with_tests() -> None:
-    """`preexec_fn` for every server a test starts: the kernel ends it when the test run ends, however it ends."""
+def _end_with_parent() -> None:
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def dies_with_tests():
+    """`preexec_fn` for every server a test starts: the kernel ends it when the test run ends, however it ends.
+
+    The kernel ties this to the thread that starts the process, so a server started from a
+    worker thread (which ends long before the test) is left to its test's own cleanup.
+    """
+    return _end_with_parent if threading.current_thread() is threading.main_thread() else None
 
 
 def auth(name: str) -> dict[str, str]:
@@ -92,7 +101,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.directory), "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=dies_with_tests,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=dies_with_tests(),
         )
         wait_port(self.port, self.proc)
         return self
@@ -213,7 +222,7 @@ class GatewayProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(self.config), "--port", str(self.port)],
-            stdout=log, stderr=log, env=self._environment(), preexec_fn=dies_with_tests,
+            stdout=log, stderr=log, env=self._environment(), preexec_fn=dies_with_tests(),
         )
         wait_port(self.port, self.proc, timeout)
         return self
@@ -332,7 +341,7 @@ def start_demo(*args: str, timeout: float = 15.0, keep_stderr: bool = False) -> 
 
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo-model", "--port", "0", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE if keep_stderr else subprocess.DEVNULL, text=True,
-                            preexec_fn=dies_with_tests)
+                            preexec_fn=dies_with_tests())
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline().strip() if ready else ""
     match = START_LINE_RE.match(line)

@@ -40,14 +40,14 @@ ACCEPTED: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/review/tickets/{id}/claim"): {},
     ("POST", "/review/tickets/{id}/release"): {},
     ("PUT", "/admin/oversight/global"): {"level": 1, "reason": "r"},
-    ("PUT", "/admin/oversight/models/{name}"): {"level": 2, "reason": "r"},
+    ("PUT", "/admin/oversight/models/{name:path}"): {"level": 2, "reason": "r"},
     ("POST", "/admin/kill"): {"reason": "r", "model": "demo"},
     ("POST", "/admin/oversight/changes/{id}/approve"): {"reason": "r"},
-    ("POST", "/admin/models/{model}/versions"): {"version": "v9", "reason": "r",
+    ("POST", "/admin/models/{model:path}/versions"): {"version": "v9", "reason": "r",
                                                  "spec": {"upstream": "http://127.0.0.1:9", "headers": {"x-k": "${HOME}"}}},
-    ("POST", "/admin/models/{model}/activate"): {"version": "v2", "reason": "r"},  # v2's upstream is down: its checks fail
-    ("POST", "/admin/models/{model}/rollback"): {"to": "v2", "reason": "r"},
-    ("POST", "/admin/models/{model}/versions/{version}/verify"): {},
+    ("POST", "/admin/models/{model:path}/activate"): {"version": "v2", "reason": "r"},  # v2's upstream is down: its checks fail
+    ("POST", "/admin/models/{model:path}/rollback"): {"to": "v2", "reason": "r"},
+    ("POST", "/admin/models/{model:path}/versions/{version}/verify"): {},
     ("POST", "/admin/incidents"): {"category": "other", "severity": "low", "summary": "s", "model": "demo", "raise_to": 1},
     ("POST", "/admin/incidents/{id}/ack"): {"note": "n"},
     ("POST", "/admin/incidents/{id}/notes"): {"note": "n"},
@@ -142,7 +142,7 @@ async def _ids(gw) -> dict[str, str]:
 def _fill(path: str, ids: dict[str, str]) -> str:
     kind = "ticket" if path.startswith("/review/") else "change" if "/changes/" in path else "incident"
     values = {"model": "demo", "name": "demo", "version": "v1", "hold_id": ids["hold_id"], "id": ids[kind]}
-    return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
+    return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: values[m.group(1)], path)
 
 
 def _only_its_verification(error: dict[str, Any], before: dict[str, Any], after: dict[str, Any], log) -> bool:

@@ -73,7 +73,7 @@ class ServerProcess:
     def start(self, timeout: float = 15.0) -> "ServerProcess":
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, cwd=ROOT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=dies_with_tests)
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=dies_with_tests())
         try:
             wait_port(self.port, self.proc, timeout)
         except RuntimeError as exc:
@@ -166,7 +166,7 @@ class Nginx:
         stderr = open(self.directory / "stderr.log", "ab")
         argv = [exe, "-p", str(self.directory), "-c", str(conf), "-e", str(self.directory / "error.log"),
                 "-g", "daemon off;"]
-        self.proc = subprocess.Popen(argv, stdout=stderr, stderr=stderr, preexec_fn=dies_with_tests)
+        self.proc = subprocess.Popen(argv, stdout=stderr, stderr=stderr, preexec_fn=dies_with_tests())
         stderr.close()
         try:
             wait_port(self.port, self.proc)

@@ -58,7 +58,7 @@ def forward_proxy(tmp_path):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "proxy", "--hostname", "127.0.0.1", "--port", str(port),
                                  "--num-workers", "1", "--num-acceptors", "1", "--log-level", "INFO"],
-                                stdout=log, stderr=log, preexec_fn=dies_with_tests)
+                                stdout=log, stderr=log, preexec_fn=dies_with_tests())
     wait_port(port, proc, timeout=30)
 
     class Running:
