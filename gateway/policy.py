@@ -1,7 +1,9 @@
 """Oversight policy: the thresholds and rules, as data.
 
 A policy file lives in `policies/`. It may name a base with `extends:` (a path relative
-to itself) and override only what differs; mappings are merged key by key. Every
+to itself) and override only what differs; mappings are merged key by key. A relative
+`extends:` with no such file beside the policy names a policy shipped with the gateway
+(`extends: default.yaml`, see `gateway.policies_data`): a file beside it wins. Every
 decision records the policy's `version`, so an auditor knows which rules applied.
 """
 
@@ -15,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.configfile import ConfigError, Seconds, describe_errors, read_yaml, resolve_path
+from gateway.policies_data import default_policy, shipped, shipped_folder
 
 Level = Annotated[int, Field(ge=0, le=4)]
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -87,6 +90,8 @@ class Oversight(_Strict):
     on_state_loss: Level
     end_streams_on_pause: bool
     confirm_timeout: Seconds
+    on_volatile_store: Literal["warn", "refuse"] = Field(
+        "warn", description="a Redis store that would lose acknowledged tickets on a restart: warn, or refuse to start")
 
 
 class Review(_Strict):
@@ -249,6 +254,12 @@ class EffectiveModelPolicy(ModelPolicy):
 def load_policy(path: str | Path) -> Policy:
     """Read a policy file (following `extends:`), validate it and stamp its digest."""
     path = Path(path)
+    if not path.exists():
+        if path == default_policy() and shipped_folder() is None:
+            raise ConfigError([f"{path}: file not found: this installation of the gateway lacks its shipped default "
+                               f"policy; reinstall the package, or name a policy file in the config (`policy:`)"])
+        raise ConfigError([f"{path}: file not found (a config's `policy:` is relative to the config file's folder; "
+                           f"leave it out to use the default policy shipped with the gateway)"])
     folders: list[str] = []
     data = _read_with_bases(path, seen=(), folders=folders)
     try:
@@ -279,8 +290,21 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...], folders: list[str]) -> 
         return data
     if not isinstance(base, str):
         raise ConfigError([f"{path}: extends: expected a path to another policy file"])
-    parent = _read_with_bases(resolve_path(base, path.parent), seen + (resolved,), folders)
+    parent = _read_with_bases(_base_file(base, path), seen + (resolved,), folders)
     return _merge(parent, data)
+
+
+def _base_file(base: str, path: Path) -> Path:
+    """The file `extends: base` in `path` names: beside `path` (or absolute), else the shipped policy of that name."""
+    beside = resolve_path(base, path.parent)
+    if beside.is_file():
+        return beside
+    fallback = shipped(base)
+    if fallback is not None:
+        return fallback
+    tried = f"{beside}" if Path(base).expanduser().is_absolute() else f"{beside}, then the policies shipped with the gateway"
+    raise ConfigError([f"{path}: extends: {base}: file not found (tried {tried}); name a policy file relative to "
+                       f"this file's folder, an absolute path, or `default.yaml` for the shipped default policy"])
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -68,7 +68,7 @@ tokens:
     text = "\n".join(problems)
     assert all(line.startswith(f"{path}: ") for line in problems)
     assert "listen.port: input should be less than or equal to 65535 (got 99999)" in text
-    assert "store: expected 'embedded' or a redis:// or rediss:// URL" in text
+    assert "store: expected 'embedded' or one of redis://, rediss://, unix://, redis+sentinel://, redis+cluster://" in text
     assert "modles: unknown field" in text
     assert "models.demo.versions.v1.upstream: URL scheme should be 'http' or 'https' (got 'ftp://x')" in text
     assert "tokens[0].role: input should be 'client', 'reviewer', 'operator' or 'auditor' (got 'admin')" in text
@@ -172,4 +172,89 @@ def test_serve_refuses_an_invalid_config_without_a_traceback(tmp_path):
     bad = _write(tmp_path, GOOD.replace("store: embedded", "store: nowhere"))
     result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(bad)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {bad}: store: expected 'embedded' or a redis:// or rediss:// URL"
+    assert result.stderr.strip() == f"error: {bad}: store: expected 'embedded' or one of redis://, rediss://, unix://, redis+sentinel://, redis+cluster://"
+
+
+# defaults resolve against the config file, as written paths do ------------------------------
+BARE = """
+models:
+  demo:
+    versions:
+      v1: {upstream: "http://127.0.0.1:9000"}
+"""
+
+
+def test_data_dir_defaults_to_data_in_the_config_files_folder_wherever_the_gateway_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("GATEWAY_DATA_DIR", raising=False)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    path = tmp_path / "etc" / "gateway.yaml"
+    path.write_text(BARE)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert load_config(path).data_dir == tmp_path / "etc" / "data"
+    assert load_config(Path("..") / "etc" / "gateway.yaml").data_dir.resolve() == tmp_path / "etc" / "data"
+
+
+def test_gateway_data_dir_is_the_default_data_dir_and_a_data_dir_in_the_file_wins(tmp_path, monkeypatch):
+    path = tmp_path / "gateway.yaml"
+    path.write_text(BARE)
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "var" / "lib" / "gateway"))
+    assert load_config(path).data_dir == tmp_path / "var" / "lib" / "gateway"
+    monkeypatch.chdir(tmp_path / "..")
+    monkeypatch.setenv("GATEWAY_DATA_DIR", "state")  # an environment variable's path is relative to the working directory
+    assert load_config(path).data_dir == tmp_path.parent / "state"
+    monkeypatch.setenv("GATEWAY_DATA_DIR", "")
+    assert load_config(path).data_dir == tmp_path / "data"
+    monkeypatch.setenv("GATEWAY_DATA_DIR", "/elsewhere")
+    path.write_text(BARE + "data_dir: mine\n")
+    assert load_config(path).data_dir == tmp_path / "mine"
+
+
+def test_a_config_that_names_no_policy_uses_the_shipped_default_policy(tmp_path):
+    from gateway.policies_data import default_policy, shipped_folder
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(BARE)
+    config = load_config(path)
+    assert config.policy == default_policy()
+    # a checkout (the editable install) ships its own policies/, the source of truth
+    assert shipped_folder() == ROOT / "policies" and config.policy == ROOT / "policies" / "default.yaml"
+    policy = load_policy(config.policy)
+    assert policy.version == load_policy(ROOT / "policies" / "default.yaml").version
+    assert main(["config", "check", str(path)]) == 0  # the notification template is found beside it too
+
+
+def test_extends_default_yaml_is_the_shipped_default_unless_a_file_beside_it_wins(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: default.yaml\nversion: mine-1\noversight: {max_staleness: 1s}\n")
+    policy = load_policy(mine)
+    assert (policy.version, policy.oversight.max_staleness, policy.oversight.on_state_loss) == ("mine-1", 1.0, 4)
+    assert policy.folders == (str(tmp_path), str(ROOT / "policies"))  # templates: its own folder's, then the default's
+    (tmp_path / "default.yaml").write_text(f"extends: {ROOT / 'policies' / 'default.yaml'}\n"
+                                           "version: local-1\noversight: {on_state_loss: 3}\n")
+    assert load_policy(mine).oversight.on_state_loss == 3
+
+
+def test_a_missing_extends_says_what_was_tried_and_what_to_do(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: nowhere.yaml\nversion: mine-1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_policy(mine)
+    assert caught.value.problems == [
+        f"{mine}: extends: nowhere.yaml: file not found (tried {tmp_path / 'nowhere.yaml'}, then the policies shipped "
+        f"with the gateway); name a policy file relative to this file's folder, an absolute path, or `default.yaml` "
+        f"for the shipped default policy"]
+    mine.write_text("extends: ../../etc/passwd\nversion: mine-1\n")  # the shipped folder is not a way out
+    with pytest.raises(ConfigError, match="file not found"):
+        load_policy(mine)
+
+
+def test_a_missing_policy_file_says_where_relative_paths_start(tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text(BARE + "policy: policies/mine.yaml\n")
+    assert main(["config", "check", str(path)]) == 2
+    with pytest.raises(ConfigError) as caught:
+        load_policy(load_config(path).policy)
+    assert caught.value.problems == [
+        f"{tmp_path / 'policies' / 'mine.yaml'}: file not found (a config's `policy:` is relative to the config file's "
+        f"folder; leave it out to use the default policy shipped with the gateway)"]

@@ -14,6 +14,7 @@ import sys
 
 COMMAND_MODULES = [
     "gateway.cli.serve",
+    "gateway.cli.health",
     "gateway.cli.config_cmd",
     "gateway.cli.token",
     "gateway.cli.demo",
