@@ -6,6 +6,7 @@ file that works. Relative paths are relative to the config file's folder.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,7 @@ from pydantic import (
 )
 
 from gateway.configfile import Seconds, load_model, resolve_path
+from gateway.policies_data import default_policy
 
 Role = Literal["client", "reviewer", "operator", "auditor"]
 ROLES: tuple[str, ...] = ("client", "reviewer", "operator", "auditor")
@@ -302,6 +304,15 @@ def decode_key(text: str) -> bytes | None:
     return raw if len(raw) == 32 else None
 
 
+class StoreDurability(_Strict):
+    """What "acknowledged" means for writes to a Redis store (tickets, decisions, levels, incidents)."""
+
+    replicas: Literal["auto"] | Annotated[int, Field(ge=0, le=16)] = Field(
+        "auto", description="Redis replicas that must hold a write before it is acknowledged (WAIT); "
+                            "auto: 1 with Sentinel, 0 otherwise")
+    timeout: Seconds = Field(1.0, gt=0, description="how long a write waits for them before it is refused")
+
+
 class Egress(_Strict):
     """How upstreams outside the network are reached."""
 
@@ -319,11 +330,24 @@ class WebhookTarget(_Strict):
         None, description="only these incident events (default: all)")
 
 
+DATA_DIR_ENV = "GATEWAY_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """`data_dir` when the file names none: $GATEWAY_DATA_DIR (relative to the working directory, as an environment
+    variable's path is; the container sets /var/lib/gateway), else `data`, resolved against the config file's folder."""
+    value = os.environ.get(DATA_DIR_ENV, "").strip()
+    return Path(value).expanduser().absolute() if value else Path("data")
+
+
 class Config(_Strict):
     listen: Listen = Listen()
-    data_dir: Path = Path("data")
-    store: str = Field("embedded", description="'embedded' (SQLite in data_dir) or a redis:// URL")
-    policy: Path = Path("policies/default.yaml")
+    data_dir: Path = Field(default_factory=default_data_dir, validate_default=True,
+                           description="default: $GATEWAY_DATA_DIR, else `data` in the config file's folder")
+    store: str = Field("embedded", description="'embedded' (SQLite in data_dir), or redis://, redis+sentinel:// "
+                                                "or redis+cluster:// (gateway.store.redis_targets)")
+    store_durability: StoreDurability = StoreDurability()
+    policy: Path = Field(default_factory=default_policy, description="default: the policy shipped with the gateway")
     tokens: list[TokenConfig] = Field(default_factory=list)
     models: dict[Annotated[str, Field(pattern=_MODEL_NAME, max_length=MODEL_NAME_MAX)], ModelConfig] = Field(min_length=1)
     limits: Limits = Limits()
@@ -340,9 +364,29 @@ class Config(_Strict):
     @field_validator("store")
     @classmethod
     def _store_url(cls, value: str) -> str:
-        if value == "embedded" or value.startswith(("redis://", "rediss://", "unix://")):
+        if value == "embedded":
             return value
-        raise ValueError("expected 'embedded' or a redis:// or rediss:// URL")
+        from gateway.store.redis_targets import parse_target
+
+        parse_target(value)  # ValueError says what is wrong
+        return value
+
+    @model_validator(mode="after")
+    def _acks_the_store_can_give(self) -> "Config":
+        if self.store.startswith("redis+cluster://") and self.store_durability.replicas not in ("auto", 0):
+            raise ValueError("store_durability.replicas: a Redis Cluster cannot confirm writes on replicas (WAIT) "
+                             "for the gateway's scripts; use 0, or Sentinel for acknowledged replication")
+        if self.store == "embedded" and self.store_durability.replicas not in ("auto", 0):
+            raise ValueError("store_durability.replicas: the embedded store has no replicas; use 0")
+        return self
+
+    @property
+    def replicas_to_ack(self) -> int:
+        """How many Redis replicas must hold an acknowledged write: `auto` is 1 with Sentinel, else 0."""
+        replicas = self.store_durability.replicas
+        if replicas == "auto":
+            return 1 if self.store.startswith("redis+sentinel://") else 0
+        return replicas
 
     @field_validator("tokens")
     @classmethod

@@ -61,7 +61,7 @@ from gateway.recording.export import Exports
 from gateway.recording.evidence import EvidenceRecorder
 from gateway.redaction import header_names
 from gateway.review.queue import ReviewQueue
-from gateway.store import make_store
+from gateway.store import StoreUnavailable, make_store
 from gateway.versions.registry import Registry
 from gateway.versions.snapshot import Snapshots
 from gateway.versions.switch import Switcher
@@ -80,7 +80,8 @@ class Gateway:
         self.started_at = 0.0
 
         # the ground: the store, its mirror in memory, the evidence log -------------------------
-        self.store = make_store(config.store, config.data_dir, liveness=oversight.max_staleness)
+        self.store = make_store(config.store, config.data_dir, liveness=oversight.max_staleness,
+                                replicas_to_ack=config.replicas_to_ack, ack_timeout=config.store_durability.timeout)
         self.state = ControlState(self.store, initial_level=oversight.initial_level,
                                   max_staleness=oversight.max_staleness, on_state_loss=oversight.on_state_loss)
         self.evidence = (EvidenceRecorder(config.evidence, policy.evidence, data_dir=config.data_dir)
@@ -133,6 +134,7 @@ class Gateway:
                      if self.evidence else NoRecording())
         self.inflight = InFlight(self.state, end_streams_on_pause=oversight.end_streams_on_pause)
         self.state.add_listener(self.inflight.on_state_change)  # a raise on any replica reaches exchanges here
+        self.state.add_loss_listener(self.inflight.on_state_lost)  # so does failing closed
         observers: list[Any] = [TrafficMetrics(self.metrics), self.monitor, self.recent]
         if config.logging.access_log:
             observers.append(AccessLog(logging.getLogger("gateway.access")))
@@ -211,6 +213,7 @@ class Gateway:
         if self.evidence is not None:
             await asyncio.to_thread(self.evidence.open)
             self._retention = asyncio.create_task(self.evidence.retain_forever(), name="gateway-evidence-retention")
+        await self._check_store_durability()
         await self.state.start()
         key = await seed_first_start(self.state, {name: m.initial_version for name, m in self.config.models.items()})
         if not self.planner.sampling_key:
@@ -229,6 +232,14 @@ class Gateway:
         log.info("gateway started", extra={"store": "embedded" if self.config.store == "embedded" else "redis",
                                            "replica": self.state.replica_id, "models": sorted(self.catalog.models),
                                            "policy": self.policy.version})
+
+    async def _check_store_durability(self) -> None:
+        """A store that would lose acknowledged tickets on a restart: say so, or (policy) refuse to start."""
+        problems = await self.store.durability_problems()
+        for problem in problems:
+            log.warning("state store: %s", problem)
+        if problems and self.policy.oversight.on_volatile_store == "refuse":
+            raise StoreUnavailable(f"refusing to start (oversight.on_volatile_store: refuse): {problems[0]}")
 
     async def stop(self) -> None:
         self.background.cancel_all()

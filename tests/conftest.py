@@ -23,6 +23,38 @@ def redis_url(redis_server):
     return redis_server.url
 
 
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory):
+    """A master, two replicas and three sentinels for the session; `sentinel_url` empties it for each test."""
+    from tests.redis_topologies import SentinelSet
+
+    topology = SentinelSet(tmp_path_factory.mktemp("sentinel")).start()
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+def sentinel_url(redis_sentinel):
+    redis_sentinel.flush()
+    return redis_sentinel.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A 3-master Redis Cluster for the session; `cluster_url` empties it for each test."""
+    from tests.redis_topologies import ClusterSet
+
+    topology = ClusterSet(tmp_path_factory.mktemp("cluster")).start()
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster):
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
 @pytest.fixture
 def own_redis(tmp_path):
     """A redis-server this test may stop and start (fail-closed tests)."""

@@ -84,27 +84,40 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
 
 
 # redis-server ----------------------------------------------------------------------
+def redis_server_binary() -> str:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed: apt-get install -y redis-server (scripts/test.sh does it)")
+    return exe
+
+
 @dataclass
 class RedisServer:
     port: int
     directory: Path
     proc: subprocess.Popen | None = None
+    args: tuple[str, ...] = ()  # more redis-server options, e.g. ("--appendonly", "yes") or ("--replicaof", ...)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed: apt-get install -y redis-server (scripts/test.sh does it)")
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--protected-mode", "no"],
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--protected-mode", "no", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=dies_with_tests(),
         )
         wait_port(self.port, self.proc)
         return self
+
+    def kill(self) -> None:
+        """SIGKILL: a machine lost, no goodbye."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

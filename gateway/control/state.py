@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,10 @@ class ControlState:
         self.active: dict[str, str] = {}
         self.confirmed_at = time.monotonic()
         self._watches_staleness = store.shared
+        self._suspicions = 0  # store failures seen; a heartbeat begun before one cannot confirm past it
+        self._failing_closed = False
         self._listeners: list[StateListener] = []
+        self._loss_listeners: list[Callable[[], None]] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._resyncing: asyncio.Task[None] | None = None
         self._pending_acks: set[asyncio.Task[None]] = set()
@@ -61,8 +65,26 @@ class ControlState:
     def is_stale(self) -> bool:
         return self._watches_staleness and time.monotonic() - self.confirmed_at > self.max_staleness
 
+    def suspect(self, reason: str) -> None:
+        """The store just failed a call: the state is unknown from now until a heartbeat confirms it again.
+
+        Waiting out `max_staleness` would let a replica that knows its store is gone keep
+        calling models at the levels it last saw; failing closed at once does not.
+        """
+        if not self._watches_staleness:
+            return
+        self._suspicions += 1
+        self.confirmed_at = -math.inf
+        if not self._failing_closed:
+            self._failing_closed = True
+            log.error("cannot confirm control state (%s); serving every model at level %d until it can",
+                      reason, self.on_state_loss)
+            for listener in self._loss_listeners:
+                listener()
+
     # lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
+        self.store.on_unavailable = self.suspect
         snapshot = await self.store.open(self._on_change)
         self._load(snapshot)
         self.confirmed_at = time.monotonic()
@@ -78,6 +100,10 @@ class ControlState:
 
     def add_listener(self, listener: StateListener) -> None:
         self._listeners.append(listener)
+
+    def add_loss_listener(self, listener: Callable[[], None]) -> None:
+        """Called when this replica starts failing closed (its state is unknown), before any request sees it."""
+        self._loss_listeners.append(listener)
 
     @property
     def replica_id(self) -> str:
@@ -197,9 +223,9 @@ class ControlState:
     async def _beat(self) -> None:
         """Confirm the mirror with the store several times per `max_staleness`."""
         interval = max(0.05, self.max_staleness / 4)
-        failing_closed = False
         while True:
             started = time.monotonic()
+            suspicions = self._suspicions
             try:
                 # Compare with the epoch as sent: changes applied from the feed while the
                 # heartbeat is in flight must not look like a store that went back in time.
@@ -210,19 +236,14 @@ class ControlState:
                 elif store_epoch > self.epoch:
                     self._load(await asyncio.wait_for(self.store.snapshot(), interval * 2))
                     await self.store.report_applied(self.epoch)
-                self.confirmed_at = started
-                if failing_closed:
-                    failing_closed = False
-                    log.warning("control state confirmed again; levels as set")
+                if self._suspicions == suspicions:  # no failure since this heartbeat began
+                    self.confirmed_at = started
+                    if self._failing_closed:
+                        self._failing_closed = False
+                        log.warning("control state confirmed again; levels as set")
             except (StoreUnavailable, asyncio.TimeoutError, OSError) as exc:
-                if self.is_stale() and not failing_closed:
-                    failing_closed = True
-                    log.error("cannot confirm control state (%s); serving every model at level %d until it can",
-                              exc or exc.__class__.__name__, self.on_state_loss)
+                self.suspect(str(exc) or exc.__class__.__name__)
             except Exception:  # a defect: the heartbeat goes on (and fails closed meanwhile), and says so
                 log.exception("the control-state heartbeat failed; trying again")
-                if self.is_stale() and not failing_closed:
-                    failing_closed = True
-                    log.error("cannot confirm control state; serving every model at level %d until it can",
-                              self.on_state_loss)
+                self.suspect("the heartbeat failed")
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -98,6 +98,9 @@ class DataPlane:
         """The stages after the plan: hold, or forward and then hold, release or relay."""
         if (plan.buffers or not plan.call_model) and await self.holding.join_twin(headers, ex, plan, send):
             return  # a retry of a held request: it waits on its ticket, the model is not asked again
+        if ex.raised_to is not None:  # raised (or the state was lost) while the twin was looked up: plan again
+            ex.level, ex.raised_to = ex.raised_to, None
+            plan = self.planner.plan(ex.model, ex.level)
         if not plan.call_model:
             await self.holding.human_task(headers, ex, plan, send)
             return

@@ -48,9 +48,14 @@ class InFlight:
             exchanges.discard(ex)
 
     def on_state_change(self, key: keys.Key, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-        if not isinstance(key, keys.Level):
-            return
-        models = list(self._by_model) if key.model is None else [key.model]
+        if isinstance(key, keys.Level):
+            self._reassess(list(self._by_model) if key.model is None else [key.model], key.model or "*")
+
+    def on_state_lost(self) -> None:
+        """The replica no longer knows the state (it fails closed): every exchange in flight is raised with it."""
+        self._reassess(list(self._by_model), "*")
+
+    def _reassess(self, models: list[str], scope: str) -> None:
         interrupted = 0
         for model in models:
             level = self.levels.level_for(model)
@@ -61,8 +66,7 @@ class InFlight:
                     ex.raised_to = level
                     interrupted += self._interrupt(ex, level)
         if interrupted:
-            log.warning("level raised: interrupted %d exchange(s) in flight", interrupted,
-                        extra={"model": key.model or "*"})
+            log.warning("level raised: interrupted %d exchange(s) in flight", interrupted, extra={"model": scope})
 
     def _interrupt(self, ex: Exchange, level: int) -> int:
         """Stop what must not go on at `level` now; everything else waits for its next check."""

@@ -23,12 +23,13 @@ __all__ = ["AuditTrail", "Change", "Collections", "Confirmation", "ControlStore"
            "StaleWrite", "Store", "StoreUnavailable", "Topics", "make_store"]
 
 
-def make_store(url: str, data_dir: Path, *, liveness: float = 2.0) -> Store:
-    """The backend a config's `store:` names: 'embedded' or a redis:// URL."""
+def make_store(url: str, data_dir: Path, *, liveness: float = 2.0, replicas_to_ack: int = 0,
+               ack_timeout: float = 1.0) -> Store:
+    """The backend a config's `store:` names: 'embedded', or a Redis URL (one server, Sentinel, Cluster)."""
     if url == "embedded":
         from gateway.store.embedded import EmbeddedStore
 
         return EmbeddedStore(Path(data_dir) / "state.sqlite3")
     from gateway.store.redis import RedisStore
 
-    return RedisStore(url, liveness=liveness)
+    return RedisStore(url, liveness=liveness, replicas_to_ack=replicas_to_ack, ack_timeout=ack_timeout)

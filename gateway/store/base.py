@@ -90,6 +90,7 @@ class AuditTrail(Protocol):
 class ControlStore(AuditTrail, Protocol):
     replica_id: str
     shared: bool  # True when several processes share this store
+    on_unavailable: Callable[[str], None] | None  # told (with why) each time a call fails with StoreUnavailable
 
     @abc.abstractmethod
     async def open(self, on_change: ChangeListener) -> Snapshot:
@@ -97,6 +98,10 @@ class ControlStore(AuditTrail, Protocol):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def durability_problems(self) -> list[str]:
+        """Why acknowledged writes might not survive a restart or failover of the store (empty: none found)."""
 
     @abc.abstractmethod
     async def snapshot(self) -> Snapshot:

@@ -52,6 +52,7 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', 0);
 
 
 class EmbeddedStore(Store):
+    on_unavailable = None  # a local file: its failures are errors, not an unknown state
     shared = False
 
     def __init__(self, path: Path) -> None:
@@ -86,6 +87,9 @@ class EmbeddedStore(Store):
         snap = await self.snapshot()
         self._applied = snap.epoch
         return snap
+
+    async def durability_problems(self) -> list[str]:
+        return []  # SQLite in WAL mode on the data folder's disk: a committed write survives a crash
 
     async def close(self) -> None:
         def shut() -> None:

@@ -1,6 +1,7 @@
 """Redis backend: control state shared by any number of gateway replicas.
 
-Layout (prefix `gw:` by default):
+One server, a master watched by Sentinels, or a Cluster (`gateway.store.redis_targets`).
+Layout (prefix `gw:`; `{gw}:` in a Cluster, one hash tag so every script stays on one slot):
 - `state` hash key -> JSON document; `epoch` counter; `audit` list of change entries;
 - `replicas` sorted set replica -> last heartbeat (ms); `applied` hash replica -> epoch;
 - `c:{coll}` hash id -> JSON and `ci:{coll}` sorted set id -> insertion sequence;
@@ -10,6 +11,10 @@ Layout (prefix `gw:` by default):
 Each control write is one Lua script: compare, bump the epoch, store, audit and publish
 happen atomically, so epochs are published in order and a replica that sees a gap knows
 it missed something and resynchronises.
+
+Acknowledged writes — control changes and collection documents (tickets, decisions,
+incidents) — are followed by `WAIT replicas_to_ack`: confirmed on that many Redis replicas,
+or refused (`StoreUnavailable`), so a failover cannot lose what the gateway acknowledged.
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.asyncio.retry import Retry
 
+from gateway.store.redis_targets import connect, parse_target
 from gateway.store.base import (
     Change,
     ChangeListener,
@@ -105,24 +110,39 @@ return {1, ''}
 """
 
 
+# KEYS: coll hash, index zset, status index prefix   ARGV: id
+_DELETE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+local status = cjson.decode(cur)['status']
+if type(status) == 'string' then redis.call('ZREM', KEYS[3] .. status, ARGV[1]) end
+return 1
+"""
+
 
 class RedisStore(Store):
     shared = True
 
-    def __init__(self, url: str, *, prefix: str = "gw:", liveness: float = 2.0) -> None:
-        self.url = url
-        self.prefix = prefix
+    def __init__(self, url: str, *, prefix: str | None = None, liveness: float = 2.0, replicas_to_ack: int = 0,
+                 ack_timeout: float = 1.0) -> None:
+        self.target = parse_target(url)
+        self.url = self.target.where  # what messages name: never the password
+        self.prefix = prefix or ("{gw}:" if self.target.kind == "cluster" else "gw:")
         self.liveness = liveness
+        self.replicas_to_ack = replicas_to_ack
+        self.ack_timeout = ack_timeout
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # One quick retry: after a Redis restart the pooled connections are dead, a new one is not.
-        self._redis = aioredis.from_url(
-            url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=0,
-            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
-        )
+        self._redis = connect(self.target, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=0,
+                              retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
         self._put = self._redis.register_script(_PUT)
         self._update = self._redis.register_script(_UPDATE)
         self._insert = self._redis.register_script(_INSERT)
+        self._delete = self._redis.register_script(_DELETE)
         self._on_change: ChangeListener | None = None
+        self.on_unavailable: Callable[[str], None] | None = None
         self._topics: dict[str, list[TopicListener]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._acked: dict[str, int] = {}
@@ -136,11 +156,13 @@ class RedisStore(Store):
     # lifecycle -----------------------------------------------------------------
     async def open(self, on_change: ChangeListener) -> Snapshot:
         self._on_change = on_change
+        if self.target.kind == "cluster":
+            await self._call(self._redis.initialize())  # learn the slots before subscribing on the tag's node
         self._listener = asyncio.create_task(self._listen(), name="gateway-redis-listener")
         try:
             await asyncio.wait_for(self._subscribed.wait(), 5.0)
         except asyncio.TimeoutError:
-            raise StoreUnavailable(f"cannot subscribe to Redis at {self.url}") from None
+            raise StoreUnavailable(f"cannot subscribe to {self.url}") from None
         return await self.snapshot()
 
     async def close(self) -> None:
@@ -199,6 +221,38 @@ class RedisStore(Store):
             for listener in list(self._topics.get(topic, ())):
                 listener(json.loads(data))
 
+    async def durability_problems(self) -> list[str]:
+        """Why writes acknowledged now might not survive a Redis restart or failover (empty: none found)."""
+        problems = []
+        try:
+            nodes = await self._masters()
+            for where, client in nodes:
+                config = {**await client.config_get("appendonly"), **await client.config_get("appendfsync"),
+                          **await client.config_get("save")}
+                if config.get("appendonly") != "yes":
+                    saves = config.get("save") or ""
+                    snapshots = f"snapshots only ({saves!r})" if saves else "no snapshots either"
+                    problems.append(f"{where} keeps no append-only file (appendonly no; {snapshots}): held tickets, "
+                                    f"decisions and incidents written since its last snapshot are lost if it restarts; "
+                                    f"set appendonly yes")
+                elif config.get("appendfsync") == "no":
+                    problems.append(f"{where} leaves fsync to the kernel (appendfsync no): the last ~30s of writes "
+                                    f"can be lost on a power cut; set appendfsync everysec or always")
+                if self.replicas_to_ack:
+                    info = await client.info("replication")
+                    if int(info.get("connected_slaves", 0)) < self.replicas_to_ack:
+                        problems.append(f"{where} has {info.get('connected_slaves', 0)} connected replica(s) and "
+                                        f"writes must reach {self.replicas_to_ack}: they are refused until one connects")
+        except RedisError as exc:
+            problems.append(f"cannot read the persistence settings of {self.url} ({exc}); check them by hand")
+        return problems
+
+    async def _masters(self) -> list[tuple[str, Any]]:
+        if self.target.kind == "cluster":
+            return [(f"Redis Cluster node {node.host}:{node.port}", self._redis.get_redis_connection(node))
+                    for node in self._redis.get_primaries()]
+        return [(self.url, self._redis)]
+
     # control state --------------------------------------------------------------
     async def snapshot(self) -> Snapshot:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -216,7 +270,7 @@ class RedisStore(Store):
         doc = {k: v for k, v in doc.items() if k != "rev"}
         args = [key, dumps(doc), "" if expect_rev is None else str(expect_rev), "" if audit is None else dumps(audit)]
         keys = [self._k("state"), self._k("epoch"), self._k("audit"), self._k("changes")]
-        result = await self._call(self._put(keys=keys, args=args))
+        (result,) = await self._acknowledged(self._put, [(keys, args)])
         if result[0] == 0:
             raise StaleWrite(json.loads(result[1]) if result[1] else None)
         return Change(int(result[0]), key, json.loads(result[1]))
@@ -284,16 +338,14 @@ class RedisStore(Store):
     # collections ----------------------------------------------------------------
     async def insert(self, coll: str, id: str, doc: dict[str, Any]) -> None:
         keys = [self._k(f"c:{coll}"), self._k(f"ci:{coll}"), self._k(f"cseq:{coll}"), self._k(f"cs:{coll}:")]
-        result = await self._call(self._insert(keys=keys, args=[id, dumps(doc)]))
+        (result,) = await self._acknowledged(self._insert, [(keys, [id, dumps(doc)])])
         if result[0] == 0:
             raise StaleWrite(json.loads(result[1]))
 
     async def insert_many(self, coll: str, docs: list[dict[str, Any]]) -> None:
         keys = [self._k(f"c:{coll}"), self._k(f"ci:{coll}"), self._k(f"cseq:{coll}"), self._k(f"cs:{coll}:")]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for doc in docs:
-                await self._insert(keys=keys, args=[doc["id"], dumps(doc)], client=pipe)
-            await self._call(pipe.execute())
+        if docs:
+            await self._acknowledged(self._insert, [(keys, [doc["id"], dumps(doc)]) for doc in docs])
 
     async def get(self, coll: str, id: str) -> dict[str, Any] | None:
         raw = await self._call(self._redis.hget(self._k(f"c:{coll}"), id))
@@ -301,7 +353,7 @@ class RedisStore(Store):
 
     async def update(self, coll: str, id: str, doc: dict[str, Any], *, expect: dict[str, Any]) -> None:
         keys = [self._k(f"c:{coll}"), self._k(f"cs:{coll}:")]
-        result = await self._call(self._update(keys=keys, args=[id, dumps(doc), json.dumps(expect)]))
+        (result,) = await self._acknowledged(self._update, [(keys, [id, dumps(doc), json.dumps(expect)])])
         if result[0] == 0:
             raise StaleWrite(json.loads(result[1]) if result[1] else None)
 
@@ -329,12 +381,8 @@ class RedisStore(Store):
         return out
 
     async def delete(self, coll: str, id: str) -> None:
-        doc = await self.get(coll, id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self._k(f"c:{coll}"), id).zrem(self._k(f"ci:{coll}"), id)
-            if doc is not None and isinstance(doc.get("status"), str):
-                pipe.zrem(self._k(f"cs:{coll}:{doc['status']}"), id)
-            await self._call(pipe.execute())
+        keys = [self._k(f"c:{coll}"), self._k(f"ci:{coll}"), self._k(f"cs:{coll}:")]
+        await self._acknowledged(self._delete, [(keys, [id])])
 
     # counters and short-lived facts ----------------------------------------------
     async def add_counts(self, counts: dict[str, dict[str, float]], ttl: float) -> None:
@@ -380,11 +428,43 @@ class RedisStore(Store):
 
         return unsubscribe
 
+    async def _acknowledged(self, script: Any, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+        """Run `script` once per (keys, args); with `replicas_to_ack`, confirm the writes on that many replicas.
+
+        `WAIT` follows the writes on the same connection (one pipeline), so it counts the
+        replicas that have them. Fewer than asked within `ack_timeout`: the write is refused
+        to its caller (it may still be on the master, which a failover can lose). A Cluster
+        runs scripts one by one (it pipelines no EVALSHA) and never waits (see config).
+        """
+        try:
+            if self.target.kind == "cluster" or (not self.replicas_to_ack and len(calls) == 1):
+                return [await script(keys=keys, args=args) for keys, args in calls]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    await script(keys=keys, args=args, client=pipe)
+                if self.replicas_to_ack:
+                    pipe.execute_command("WAIT", self.replicas_to_ack, int(self.ack_timeout * 1000))
+                results = await pipe.execute()
+        except RedisError as exc:
+            raise self._unavailable(f"{self.url}: {exc}") from None
+        if self.replicas_to_ack:
+            acked = int(results.pop())
+            if acked < self.replicas_to_ack:
+                raise self._unavailable(f"{self.url}: the write reached {acked} of the {self.replicas_to_ack} Redis "
+                                       f"replica(s) it must within {self.ack_timeout:g}s, so it is not acknowledged "
+                                       f"(a failover now could lose it); retry")
+        return results
+
     async def _call(self, awaitable: Any) -> Any:
         try:
             return await awaitable
         except RedisError as exc:
-            raise StoreUnavailable(f"Redis at {self.url}: {exc}") from None
+            raise self._unavailable(f"{self.url}: {exc}") from None
+
+    def _unavailable(self, message: str) -> StoreUnavailable:
+        if self.on_unavailable is not None:
+            self.on_unavailable(message)
+        return StoreUnavailable(message)
 
 
 def _ms(seconds: float) -> int:

@@ -1,4 +1,5 @@
-"""One contract, two backends: every test here runs against the embedded store and Redis."""
+"""One contract, every backend: each test here runs against the embedded store, one Redis server,
+a Sentinel-watched master with two replicas (writes confirmed on one of them), and a 3-master Cluster."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from gateway.store.redis import RedisStore
 from tests.support import eventually
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", "redis", "sentinel", "cluster"])
 async def store(request, tmp_path):
     changes: list[Change] = []
     if request.param == "embedded":
         s: Store = EmbeddedStore(tmp_path / "state.sqlite3")
-    else:
+    elif request.param == "redis":
         s = RedisStore(request.getfixturevalue("redis_url"))
+    elif request.param == "sentinel":
+        s = RedisStore(request.getfixturevalue("sentinel_url"), replicas_to_ack=1)
+    else:
+        s = RedisStore(request.getfixturevalue("cluster_url"))
     await s.open(changes.append)
     s.seen = changes  # type: ignore[attr-defined]
     yield s
@@ -132,7 +137,7 @@ async def test_state_survives_reopening(store, tmp_path, request):
     await store.put("level/global", {"level": 3})
     await store.insert("tickets", "t1", {"id": "t1"})
     await store.close()
-    reopened = EmbeddedStore(tmp_path / "state.sqlite3") if isinstance(store, EmbeddedStore) else RedisStore(store.url)
+    reopened = EmbeddedStore(tmp_path / "state.sqlite3") if isinstance(store, EmbeddedStore) else RedisStore(store.target.url, replicas_to_ack=store.replicas_to_ack)
     snap = await reopened.open(lambda change: None)
     try:
         assert snap.docs["level/global"]["level"] == 3
