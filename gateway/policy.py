@@ -113,6 +113,7 @@ class Evidence(_Strict):
     fsync_interval: Seconds
     checkpoint_every: int = Field(gt=0)
     checkpoint_interval: Seconds
+    witness_interval: Seconds = Field(1.0, gt=0, description="how often a replica witnesses (cosigns) the others' logs")
     retention: Seconds
     redact_headers: tuple[str, ...]
 

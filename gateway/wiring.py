@@ -57,7 +57,11 @@ from gateway.proxy.observers import AccessLog, RecentRequests, TrafficMetrics
 from gateway.proxy.resolve import Resolver
 from gateway.recorder import NullRecorder, Recorder
 from gateway.recording.decisions import DecisionRecording, NoRecording
+from gateway.evidence import Witness
 from gateway.recording.export import Exports
+from gateway.recording.fleet import FleetLogs
+from gateway.recording.fleet_export import FleetExport
+from gateway.recording.witnessing import Witnessing
 from gateway.recording.evidence import EvidenceRecorder
 from gateway.redaction import header_names
 from gateway.review.queue import ReviewQueue
@@ -155,10 +159,16 @@ class Gateway:
         )
 
         # the control plane: the API, then the console ----------------------------------------------
-        exports = (Exports(self.evidence, self.store, self.incidents, self.integrity, config=config, policy=policy,
+        # the fleet's evidence: every replica's log in the evidence directory, witnessed by the others
+        self.fleet = FleetLogs(self.evidence) if self.evidence else None
+        self.witnessing: Witnessing | None = None
+        evidence_policy = policy.evidence
+        catch_up = evidence_policy.checkpoint_interval + 2 * evidence_policy.witness_interval + 1
+        exports = (Exports(self.evidence, FleetExport(self.fleet, catch_up=catch_up),
+                           self.store, self.incidents, self.integrity, config=config, policy=policy,
                            sampling_key=lambda: self.planner.sampling_key,
                            sample_rates={n: p.sample_rate for n, p in self.model_policies.items()})
-                   if self.evidence else None)
+                   if self.evidence and self.fleet else None)
         body_cap = config.limits.max_control_body_bytes
         self.sessions = sessions = Sessions(self.store, {t.id: t.all_roles for t in config.tokens})
         self.hub = hub = QueueHub(self.review)  # the console's live queue events, for every open stream here
@@ -170,7 +180,8 @@ class Gateway:
             *ReviewApi(self.tokens, self.review, max_body_bytes=body_cap).routes(),
             *ModelsApi(self.tokens, self.state, self.catalog, self.integrity).routes(),
             *VersionsApi(self.tokens, self.registry, self.switcher, max_body_bytes=body_cap).routes(),
-            *EvidenceApi(self.tokens, self.evidence, exports, max_body_bytes=body_cap).routes(),
+            *EvidenceApi(self.tokens, self.evidence, self.fleet, exports, catch_up=evidence_policy.checkpoint_interval + 1,
+                         max_body_bytes=body_cap).routes(),
             *IncidentsApi(self.tokens, self.incidents, self.monitor, max_body_bytes=body_cap).routes(),
             *console_routes(
                 SignIn(sessions, hub, self.tokens, self.recorder, refused=self.monitor.refused, max_body_bytes=body_cap),
@@ -213,6 +224,7 @@ class Gateway:
         if self.evidence is not None:
             await asyncio.to_thread(self.evidence.open)
             self._retention = asyncio.create_task(self.evidence.retain_forever(), name="gateway-evidence-retention")
+            await self._start_witnessing()
         await self._check_store_durability()
         await self.state.start()
         key = await seed_first_start(self.state, {name: m.initial_version for name, m in self.config.models.items()})
@@ -241,6 +253,15 @@ class Gateway:
         if problems and self.policy.oversight.on_volatile_store == "refuse":
             raise StoreUnavailable(f"refusing to start (oversight.on_volatile_store: refuse): {problems[0]}")
 
+    async def _start_witnessing(self) -> None:
+        """Cosign the other replicas' logs from now on (their slots in the shared evidence directory)."""
+        assert self.evidence is not None and self.fleet is not None and self.evidence.directory is not None
+        key = await asyncio.to_thread(self.evidence.witness_key)
+        witness = await asyncio.to_thread(Witness, key, self.evidence.directory)
+        self.witnessing = Witnessing(self.fleet, witness, self.recorder, self.incidents,
+                                     interval=self.policy.evidence.witness_interval)
+        self.background.spawn(self.witnessing.run_forever())
+
     async def stop(self) -> None:
         self.background.cancel_all()
         await self.notifier.stop()
@@ -251,5 +272,7 @@ class Gateway:
         self.catalog.close()
         if self._retention is not None:
             self._retention.cancel()
+        if self.fleet is not None:
+            await asyncio.to_thread(self.fleet.close)
         if self.evidence is not None:
             await asyncio.to_thread(self.evidence.close)

@@ -25,6 +25,7 @@ from gateway.evidence import EvidenceLog, pack_body
 from gateway.proxy.stages import Callers
 from gateway.recording.export import Exports, Selection, parse_time
 from gateway.recording.evidence import EvidenceRecorder
+from gateway.recording.fleet import FleetLogs, Found
 
 
 class HoldIn(ControlBody):
@@ -37,16 +38,36 @@ class ReleaseIn(ControlBody):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+def _proven(found: Found) -> dict:
+    """One log's records of a request, proven against a checkpoint that covers them (blocking)."""
+    log = found.log
+    checkpoint = log.latest_checkpoint()
+    if found.own and found.indexes[-1] >= checkpoint.size:  # newer than the last checkpoint: sign one that covers it
+        checkpoint = log.checkpoint_now()
+    out = []
+    for idx in found.indexes:
+        record = log.get(idx)
+        bodies = record.pop("bodies", None)
+        if isinstance(bodies, dict):
+            record["bodies"] = {name: pack_body(value) if isinstance(value, bytes) else value for name, value in bodies.items()}
+        out.append({"index": idx, "record": record, "leaf_b64": base64.b64encode(log.read_leaf(idx)).decode(),
+                    "inclusion_proof": [h.hex() for h in log.inclusion_proof(idx, checkpoint.size)]})
+    return {"log": log.origin, "served_here": found.own, "checkpoint": _checkpoint(checkpoint), "records": out}
+
+
 def _checkpoint(cp) -> dict:
     return {"size": cp.size, "root_hash": cp.root.hex(), "time": cp.time, "note": cp.note() if hasattr(cp, "note") else None}
 
 
 class EvidenceApi:
-    def __init__(self, callers: Callers, evidence: EvidenceRecorder | None, exports: Exports | None, *,
+    def __init__(self, callers: Callers, evidence: EvidenceRecorder | None, fleet: FleetLogs | None,
+                 exports: Exports | None, *, catch_up: float = 0.0,
                  max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES) -> None:
         self.callers = callers
         self.evidence = evidence
+        self.fleet = fleet
         self.exports = exports
+        self.catch_up = catch_up  # how long a lookup waits for another replica to checkpoint what it holds
         self.max_body_bytes = max_body_bytes
 
     def routes(self) -> list[Route]:
@@ -66,29 +87,17 @@ class EvidenceApi:
         return log
 
     async def record(self, request: Request) -> Response:
+        """The records of a request id in every log of the fleet, each with its inclusion proof against its log's checkpoint."""
         caller(request, self.callers, "auditor", "operator")
         log = self._log()
         request_id = request.path_params["request_id"]
-        indexes = await asyncio.to_thread(log.find, request_id)
-        if not indexes:
-            raise NotFound(f"no evidence for request {request_id!r} in this replica's log ({log.origin})")
-        checkpoint = log.latest_checkpoint()
-        if indexes[-1] >= checkpoint.size:  # newer than the last checkpoint: sign one that covers it
-            checkpoint = await asyncio.to_thread(log.checkpoint_now)
-        out = []
-        for idx in indexes:
-            leaf = await asyncio.to_thread(log.read_leaf, idx)
-            record = await asyncio.to_thread(log.get, idx)
-            bodies = record.pop("bodies", None)
-            if isinstance(bodies, dict):
-                record["bodies"] = {name: pack_body(value) if isinstance(value, bytes) else value for name, value in bodies.items()}
-            out.append({
-                "index": idx,
-                "record": record,
-                "leaf_b64": base64.b64encode(leaf).decode(),
-                "inclusion_proof": [h.hex() for h in log.inclusion_proof(idx, checkpoint.size)],
-            })
-        return ok({"request_id": request_id, "log": log.origin, "checkpoint": _checkpoint(checkpoint), "records": out})
+        found = await self.fleet.wait_covered(request_id, self.catch_up) if self.fleet else []
+        if not found:
+            others = await asyncio.to_thread(lambda: len(self.fleet.others())) if self.fleet else 0
+            raise NotFound(f"no evidence for request {request_id!r} in this replica's log ({log.origin}) or the "
+                           f"{others} other replica log(s) it can read in {self.evidence.base}")
+        logs = [await asyncio.to_thread(_proven, part) for part in found]
+        return ok({"request_id": request_id, **logs[0], "logs": logs})
 
     async def checkpoints(self, request: Request) -> Response:
         caller(request, self.callers, "auditor", "operator")

@@ -40,8 +40,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bundle.add_argument("--key", action="append", metavar="PUB",
                         help="trusted public key PEM for the manifest and checkpoint signatures (repeatable); "
                              "without it the keys inside the bundle are used, which proves integrity, not origin")
+    bundle.add_argument("--require-cosignatures", type=_count, default=0, metavar="K",
+                        help="demand that K witnesses (other replicas of the fleet) cosigned every log up to its "
+                             "records, consistently with the checkpoint used (default: 0)")
+    bundle.add_argument("--witness-key", action="append", metavar="PUB",
+                        help="trusted witness public key PEM (repeatable; a replica's evidence-witness.pub); "
+                             "without it the witness keys inside the bundle are used")
     bundle.add_argument("--verbose", "-v", action="store_true", help="also list every problem and note")
     bundle.set_defaults(func=_verify_bundle)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def _register_export(sub: argparse._SubParsersAction) -> None:
@@ -156,8 +172,10 @@ def _verify_bundle(args: argparse.Namespace) -> int:
     from gateway.evidence import BundleError, verify_bundle
 
     keys = _trusted_keys(args.key)
+    witnesses = _trusted_keys(args.witness_key)
     try:
-        report = verify_bundle(Path(args.bundle), trusted_keys=keys or None)
+        report = verify_bundle(Path(args.bundle), trusted_keys=keys or None,
+                               require_cosignatures=args.require_cosignatures, witness_keys=witnesses or None)
     except BundleError as exc:
         raise CliError(str(exc), 2) from None
     except OSError as exc:

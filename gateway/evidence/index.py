@@ -53,10 +53,18 @@ def row_for(idx: int, seg: int, off: int, record: dict, appended: float) -> Row:
 class Index:
     """One connection shared under a lock: writes come in batches from one thread at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._db = self._connect()
+        self._db = self._reader() if readonly else self._connect()
+
+    def _reader(self) -> sqlite3.Connection:
+        """Queries only, on an index another process writes: never created, repaired or changed from here."""
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no index (the log's writer has not built it yet)")
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+        db.execute("PRAGMA query_only=ON")
+        return db
 
     def _connect(self) -> sqlite3.Connection:
         try:

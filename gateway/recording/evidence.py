@@ -35,17 +35,17 @@ class EvidenceRecorder:
         self.policy = policy
         self.data_dir = data_dir
         self.log: EvidenceLog | None = None
+        self.base: Path = config.directory or data_dir / "evidence"  # every replica's slot, when it is shared
         self.directory: Path | None = None
         self.signing_key = None
 
     # lifecycle (blocking: run on a worker thread) -------------------------------------
     def open(self) -> None:
         ev = self.config
-        base = ev.directory or self.data_dir / "evidence"
+        base = self.base
         base.mkdir(parents=True, exist_ok=True)
         signing = self.signing_key = self._signing_key()
-        encryption = self._encryption_key()
-        previous = {kid: decode_key(value) for kid, value in ev.previous_keys.items()}
+        encryption, previous = self.body_keys()
         for slot in range(SLOTS):
             directory = base / f"replica-{slot}"
             try:
@@ -95,6 +95,18 @@ class EvidenceRecorder:
             write_keypair(generate_signing_key(), private, self.data_dir / "evidence-signing.pub")
             log.warning("made an evidence signing key at %s; keep a copy of %s where the log's writers cannot change it",
                         private, private.with_suffix(".pub"))
+        return load_signing_key(private)
+
+    def body_keys(self) -> tuple[bytes | None, dict[str, bytes]]:
+        """The key that seals bodies now, and the earlier ones by key id (to open older records)."""
+        previous = {kid: key for kid, value in self.config.previous_keys.items() if (key := decode_key(value)) is not None}
+        return self._encryption_key(), previous
+
+    def witness_key(self):
+        """This replica's witness key (it cosigns the other replicas' logs), made at first start beside the data."""
+        private = self.data_dir / "evidence-witness.key"
+        if not private.exists():
+            write_keypair(generate_signing_key(), private, self.data_dir / "evidence-witness.pub")
         return load_signing_key(private)
 
     def _encryption_key(self) -> bytes | None:

@@ -25,11 +25,11 @@ import yaml
 
 from gateway.config import Config
 from gateway.errors import BadRequest, NotFound
-from gateway.evidence import write_bundle
 from gateway.incidents.records import Incident
 from gateway.integrity.gate import IntegrityGate
 from gateway.policy import Policy
 from gateway.recording.evidence import EvidenceRecorder
+from gateway.recording.fleet_export import FleetExport, Window
 from gateway.redaction import REDACTED
 from gateway.store import AuditTrail, Collections
 
@@ -68,12 +68,13 @@ class Incidents(Protocol):
 
 
 class Exports:
-    """Bundles of the evidence this replica's log holds, with the gateway's context beside them."""
+    """Bundles of the evidence every log of the fleet holds, with the gateway's context beside them."""
 
-    def __init__(self, evidence: EvidenceRecorder, store: ExportStore, incidents: Incidents, integrity: IntegrityGate, *,
-                 config: Config, policy: Policy, sampling_key: Callable[[], bytes],
+    def __init__(self, evidence: EvidenceRecorder, logs: FleetExport, store: ExportStore, incidents: Incidents,
+                 integrity: IntegrityGate, *, config: Config, policy: Policy, sampling_key: Callable[[], bytes],
                  sample_rates: Mapping[str, Any]) -> None:
         self.evidence = evidence
+        self.logs = logs
         self.store = store
         self.incidents = incidents
         self.integrity = integrity
@@ -88,19 +89,16 @@ class Exports:
             raise NotFound(f"unknown model {selection.model!r}")
         selection, incident = await self._resolve(selection)
         extras = await self._extras(selection, incident)
-        log = self.evidence.log
-        assert log is not None, "the evidence log opens when the gateway starts"
-        indexes = await asyncio.to_thread(lambda: list(log.select(selection.since, selection.until, selection.model)))
         filters = {"since": selection.since, "until": selection.until, "model": selection.model,
                    "incident": selection.incident}
         out = Path(tempfile.mkdtemp(prefix="gw-export-")) / "evidence.tar.gz"
         try:
-            await asyncio.to_thread(write_bundle, out, log, indexes, signing_key=self.evidence.signing_key, extras=extras,
-                                    description={"filters": filters, "requested_by": requested_by})
+            records = await self.logs.write(out, Window(selection.since, selection.until, selection.model), extras=extras,
+                                            description={"filters": filters, "requested_by": requested_by})
         except BaseException:
             shutil.rmtree(out.parent, ignore_errors=True)
             raise
-        await self.evidence.action("evidence_export", actor=requested_by, reason=reason, records=len(indexes),
+        await self.evidence.action("evidence_export", actor=requested_by, reason=reason, records=records,
                                    filters=filters)
         return out
 

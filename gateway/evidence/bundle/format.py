@@ -11,6 +11,9 @@ A bundle is one `.tar.gz`:
     consistency.json         RFC 9162 consistency proofs between consecutive checkpoints
     records.jsonl            one line per selected leaf, with its inclusion proof against the last checkpoint
     decrypted-bodies.jsonl   the bodies of those records the log could decrypt
+    witnesses.json           (optional) checkpoints other logs' witnesses cosigned, each with a
+                             consistency proof to the checkpoint the records are proven against
+    witness-keys.pem         (optional) the public keys of those witnesses
     <extras>                 opaque files the caller adds (config, policy, model signatures, ...)
 
 The decrypted bodies are covered by the manifest signature only: the log
@@ -34,14 +37,19 @@ CHECKPOINTS = "checkpoints.txt"
 CONSISTENCY = "consistency.json"
 RECORDS = "records.jsonl"
 BODIES = "decrypted-bodies.jsonl"
+WITNESSES = "witnesses.json"
+WITNESS_KEYS = "witness-keys.pem"
 
 # Files the manifest must list (manifest.json and manifest.sig are the two it cannot list).
 REQUIRED = (README, MANIFEST_KEY, CHECKPOINT_KEYS, CHECKPOINTS, CONSISTENCY, RECORDS, BODIES)
 # Names an extra file cannot take.
-RESERVED = frozenset((MANIFEST, MANIFEST_SIG) + REQUIRED)
+# Files a bundle may hold or not (a log no witness has seen has no cosignatures).
+OPTIONAL = (WITNESSES, WITNESS_KEYS)
+RESERVED = frozenset((MANIFEST, MANIFEST_SIG) + REQUIRED + OPTIONAL)
 
 
-def readme(origin: str, cp: Checkpoint, number: int, records: int, bodies: int, extras: list[str]) -> bytes:
+def readme(origin: str, cp: Checkpoint, number: int, records: int, bodies: int, extras: list[str],
+           witnesses: int = 0) -> bytes:
     """README.txt: what the bundle is, how to verify it, what each file holds."""
     extra_lines = "".join(f"  {name}\n" for name in extras) or "  (none)\n"
     return f"""Oversight gateway evidence bundle
@@ -50,6 +58,7 @@ def readme(origin: str, cp: Checkpoint, number: int, records: int, bodies: int, 
 Log:        {origin}
 Checkpoint: #{number}, tree size {cp.size}, root {cp.root.hex()}
 Records:    {records} (decrypted bodies for {bodies})
+Witnessed:  cosignatures by {witnesses} witness(es)
 
 How to verify (needs only the oversight-gateway package, no network, no log):
 
@@ -59,7 +68,10 @@ How to verify (needs only the oversight-gateway package, no network, no log):
 this bundle (repeatable; every key that signed a checkpoint or the manifest
 must be given). Without --key the signatures are checked against the keys
 inside the bundle: that proves the bundle is intact and self-consistent,
-not who made it. Exit code 0 = verified, 1 = a problem (named on one line),
+not who made it. --require-cosignatures K also demands that K witnesses
+(other logs of the fleet, --witness-key to name them) cosigned a checkpoint
+that covers every record and that the log proves consistent with the one
+used: a log rewritten and re-signed with its own key fails. Exit code 0 = verified, 1 = a problem (named on one line),
 2 = not a readable bundle. Do not trust files from an extracted copy
 without running the check on the archive itself.
 
@@ -89,6 +101,10 @@ decrypted-bodies.jsonl  plaintext of the request/response bodies the exporting
                         body_encoding: utf-8|base64}}}}. The log stores these
                         encrypted, so only the manifest signature vouches for the
                         plaintext. SENSITIVE: handle this bundle accordingly.
+witnesses.json          checkpoints of this log that witnesses cosigned (C2SP
+                        tlog-cosignature/v1 lines on the signed note), each with an
+                        RFC 9162 consistency proof to the checkpoint used (optional)
+witness-keys.pem        PEM public keys of those witnesses (optional)
 README.txt              this file
 
 Other files, added by the exporter (opaque; vouched for by the manifest):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +28,13 @@ from ..merkle import leaf_hash, verify_consistency, verify_inclusion
 from ..report import Problem, Report
 from .archive import Member, read_members
 from .format import (BODIES, CHECKPOINT_KEYS, CHECKPOINTS, CONSISTENCY, FORMAT, MANIFEST, MANIFEST_KEY,
-                     MANIFEST_SIG, RECORDS, REQUIRED, VERSION)
+                     MANIFEST_SIG, RECORDS, REQUIRED, VERSION, WITNESS_KEYS, WITNESSES)
 from .parsing import Malformed, comparable_json, hashes, is_sha256, jsonl_lines, loads
+from .witnesses import check_witnesses
 
 # Members read into memory to be parsed; every other member is only hashed, in chunks.
-PARSED = frozenset((MANIFEST, MANIFEST_SIG, MANIFEST_KEY, CHECKPOINT_KEYS, CHECKPOINTS, CONSISTENCY, RECORDS, BODIES))
+PARSED = frozenset((MANIFEST, MANIFEST_SIG, MANIFEST_KEY, CHECKPOINT_KEYS, CHECKPOINTS, CONSISTENCY, RECORDS, BODIES,
+                    WITNESSES, WITNESS_KEYS))
 
 
 @dataclass(frozen=True)
@@ -50,28 +53,45 @@ class BundleReport(Report[BundleProblem]):
     checkpoints: int = 0
     description: dict = field(default_factory=dict)
     trust: str = ""                 # what the signatures were checked against
+    witnesses: int = 0              # witnesses whose cosignatures cover every record
+    manifest_key: bytes | None = None  # the PEM of manifest-key.pub, as the bundle carries it
+    parts: list["BundleReport"] = field(default_factory=list)  # a fleet bundle: one report per log
 
     def verified(self) -> str:
+        if self.parts:
+            logs = "; ".join(f"{p.checkpoint.origin if p.checkpoint else p.path}: {p.records} at size "
+                             f"{p.checkpoint.size if p.checkpoint else '?'}, {p.witnesses} witness(es)" for p in self.parts)
+            return (f"{self.records} record(s) of {len(self.parts)} log(s), each proven against its own log's signed "
+                    f"checkpoint ({logs}); signatures checked against {self.trust}")
         cp = self.checkpoint
         at = f"checkpoint size {cp.size} root {cp.root.hex()}" if cp else "no checkpoint"
         origin = f" of {cp.origin}" if cp else ""
-        return (f"{self.records} record(s) proven against {at}{origin}; {self.checkpoints} checkpoint(s), "
-                f"{self.bodies} record(s) with decrypted bodies; signatures checked against {self.trust}")
+        return (f"{self.records} record(s) proven against {at}{origin}, cosigned by {self.witnesses} witness(es); "
+                f"{self.checkpoints} checkpoint(s), {self.bodies} record(s) with decrypted bodies; signatures "
+                f"checked against {self.trust}")
 
 
-def verify_bundle(path: Path, *, trusted_keys: list[Ed25519PublicKey] | None = None) -> BundleReport:
-    """Check a bundle offline; raises BundleError only when the file is not a readable bundle at all."""
-    if trusted_keys is not None:
-        trusted_keys = list(trusted_keys)
-        if not trusted_keys:
-            raise ValueError("trusted_keys is empty (pass None to use the keys inside the bundle)")
-    return _BundleVerifier(Path(path), trusted_keys).run()
+@dataclass(frozen=True)
+class Witnessing:
+    """What a verifier demands of witnesses: how many must vouch for every record, and their keys if known."""
+
+    required: int = 0
+    keys: list[Ed25519PublicKey] | None = None  # None: the keys in the bundle's witness-keys.pem
+
+
+def verify_log_bundle(path: Path, trusted_keys: list[Ed25519PublicKey] | None, witnessing: Witnessing) -> BundleReport:
+    """Check a bundle of one log (`fleet.verify_bundle` is the public face for both kinds)."""
+    return _BundleVerifier(path, trusted_keys, witnessing).run()
 
 
 class _BundleVerifier:
-    def __init__(self, path: Path, trusted: list[Ed25519PublicKey] | None) -> None:
+    format, version, required = FORMAT, VERSION, REQUIRED  # what the manifest must say, which files must be there
+    parsed: Collection[str] = PARSED
+
+    def __init__(self, path: Path, trusted: list[Ed25519PublicKey] | None, witnessing: Witnessing = Witnessing()) -> None:
         self.path = path
         self.trusted = trusted
+        self.witnessing = witnessing
         self.report = BundleReport(path)
         self.members: dict[str, Member] = {}
         self.bad_records: set[int] = set()  # already reported: their bodies are not checked again
@@ -84,7 +104,7 @@ class _BundleVerifier:
         return member.data if member else None
 
     def run(self) -> BundleReport:
-        self.members = read_members(self.path, PARSED, self.problem)
+        self.members = read_members(self.path, self.parsed, self.problem)
         if not any(n in self.members for n in (MANIFEST, MANIFEST_SIG, RECORDS)):
             raise BundleError(f"{self.path}: not an evidence bundle (no {MANIFEST}, {MANIFEST_SIG} or {RECORDS})")
         if self.trusted is not None:
@@ -93,6 +113,7 @@ class _BundleVerifier:
             self.report.trust = ("the keys inside the bundle only (its integrity is checked, not who made it: "
                                  "pass --key for an independent check)")
             self.report.notes.append("no trusted key given: trust rests on the bundle itself")
+        self.report.manifest_key = self.data(MANIFEST_KEY)
         self._check_manifest_signature()
         manifest = self._parse_manifest()
         if manifest is not None:
@@ -102,6 +123,10 @@ class _BundleVerifier:
         cp = self._used_checkpoint(cps)
         leaves = self._check_records(cp)
         self._check_bodies(leaves)
+        self.report.witnesses = check_witnesses(
+            self.data(WITNESSES), self.data(WITNESS_KEYS), trusted=self.witnessing.keys,
+            log_keys=self._checkpoint_keys_quietly(), cp=cp, needed_size=max(leaves, default=-1) + 1,
+            required=self.witnessing.required, problem=self.problem)
         return self.report
 
     # ---------------------------------------------------------------- manifest
@@ -150,10 +175,10 @@ class _BundleVerifier:
             return None
         try:
             manifest = loads(data)
-            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            if not isinstance(manifest, dict) or manifest.get("format") != self.format:
                 raise Malformed(f"not an evidence bundle manifest (format {manifest.get('format')!r})"
                                 if isinstance(manifest, dict) else "not a JSON object")
-            if manifest.get("version") != VERSION:
+            if manifest.get("version") != self.version:
                 raise Malformed(f"unsupported bundle version {manifest.get('version')!r}")
             files = manifest.get("files")
             if not isinstance(files, list):
@@ -189,7 +214,7 @@ class _BundleVerifier:
         for name in self.members:
             if name not in listed and name not in (MANIFEST, MANIFEST_SIG):
                 self.problem(name, "is in the bundle but not in the manifest (a file was added)")
-        for name in REQUIRED:
+        for name in self.required:
             if name not in listed and name not in self.members:
                 self.problem(name, "required bundle file is missing from both the bundle and the manifest")
 
@@ -206,6 +231,15 @@ class _BundleVerifier:
             return load_public_keys(pem)
         except (ValueError, TypeError) as exc:
             self.problem(CHECKPOINT_KEYS, f"not Ed25519 public key PEM ({exc})")
+            return []
+
+    def _checkpoint_keys_quietly(self) -> list[Ed25519PublicKey]:
+        """The log's keys again, without reporting twice what `_checkpoint_keys` already reported."""
+        if self.trusted is not None:
+            return self.trusted
+        try:
+            return load_public_keys(self.data(CHECKPOINT_KEYS) or b"")
+        except (ValueError, TypeError):
             return []
 
     def _check_checkpoints(self) -> list[tuple[int, Checkpoint]]:

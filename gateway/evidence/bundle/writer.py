@@ -12,7 +12,7 @@ import base64
 import itertools
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,15 +21,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..bodies import pack_body
 from ..checkpoints import Checkpoint, parse_log
+from ..cosignature import Witnessed
 from ..crypto import load_public_keys, public_pem
 from ..errors import BundleError
 from ..merkle import leaf_hash, verify_inclusion
 from .archive import Spool, write_archive
 from .format import (BODIES, CHECKPOINT_KEYS, CHECKPOINTS, CONSISTENCY, FORMAT, MANIFEST, MANIFEST_KEY,
-                     MANIFEST_SIG, README, RECORDS, RESERVED, VERSION, readme)
+                     MANIFEST_SIG, README, RECORDS, RESERVED, VERSION, WITNESS_KEYS, WITNESSES, readme)
 
 if TYPE_CHECKING:
     from ..log import EvidenceLog
+    from ..reader import LogReader
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,23 @@ class BundleSummary:
     not_decrypted: tuple[int, ...]  # records with bodies the log could not decrypt (unknown key, damage)
     checkpoint: Checkpoint
     files: tuple[str, ...]      # every member, in archive order
+    witnesses: int = 0          # distinct witnesses whose cosignatures the bundle carries
 
 
-def write_bundle(out_path: Path, log: EvidenceLog, indexes: Iterable[int], *, signing_key: Ed25519PrivateKey,
-                 extras: dict[str, bytes], description: dict) -> BundleSummary:
+def write_bundle(out_path: Path, log: EvidenceLog | LogReader, indexes: Iterable[int], *,
+                 signing_key: Ed25519PrivateKey, extras: dict[str, bytes], description: dict,
+                 checkpoint: Checkpoint | None = None, cosigned: Sequence[Witnessed] = (),
+                 witness_keys: bytes = b"") -> BundleSummary:
     """Write a bundle of the records at `indexes` to `out_path` (atomically: temp file beside it, then rename).
 
     Blocking (forces an fsynced checkpoint, reads the log): call it from a worker
-    thread. The file is created mode 0600: it holds decrypted bodies. Raises
-    BundleError when the log cannot back the bundle (unsigned checkpoint, a record
-    removed by retention, a proof that does not check), ValueError or TypeError on bad arguments.
+    thread. The file is created mode 0600: it holds decrypted bodies. `checkpoint`
+    proves the records against that signed checkpoint instead of a fresh one (a
+    `LogReader` cannot sign). `cosigned` are witnesses' cosignatures over checkpoints
+    of this log, with `witness_keys` (PEM) to check them; each is proven consistent with
+    the checkpoint used. Raises BundleError when the log cannot back the bundle
+    (unsigned checkpoint, a record removed by retention, a proof that does not check),
+    ValueError or TypeError on bad arguments.
     """
     out_path = Path(out_path)
     wanted = sorted({_index_arg(i) for i in indexes})
@@ -62,7 +71,7 @@ def write_bundle(out_path: Path, log: EvidenceLog, indexes: Iterable[int], *, si
     if not isinstance(description, dict):
         raise TypeError("description must be a dict")
 
-    cp = log.checkpoint_now()  # covers everything appended so far, so every selected record
+    cp = checkpoint if checkpoint is not None else log.checkpoint_now()  # covers every selected record
     for idx in wanted:
         if idx >= cp.size:
             raise ValueError(f"record {idx} is not in the log (checkpoint size {cp.size})")
@@ -78,20 +87,24 @@ def write_bundle(out_path: Path, log: EvidenceLog, indexes: Iterable[int], *, si
 
     notes_text, history, used_number = _checkpoint_history(log, cp, wanted[0] if wanted else 0)
     consistency = _consistency(log, history)
+    witnessed, witnesses = _witnessed(log, cp, cosigned)
+    if witnessed:
+        extra_files[WITNESSES] = _json_bytes({"to_size": cp.size, "cosigned": witnessed})
+        extra_files[WITNESS_KEYS] = witness_keys
 
     spools: list[Spool] = []
     try:
         return _write(out_path, log, wanted, cp, signing_key, extra_files, description, keys_pem, notes_text,
-                      history, used_number, consistency, spools)
+                      history, used_number, consistency, spools, witnesses)
     finally:
         for spool in spools:
             spool.close()
 
 
-def _write(out_path: Path, log: EvidenceLog, wanted: list[int], cp: Checkpoint, signing_key: Ed25519PrivateKey,
-           extra_files: dict[str, bytes], description: dict, keys_pem: bytes, notes_text: bytes,
-           history: list[tuple[int, Checkpoint]], used_number: int, consistency: list[dict[str, Any]],
-           spools: list[Spool]) -> BundleSummary:
+def _write(out_path: Path, log: EvidenceLog | LogReader, wanted: list[int], cp: Checkpoint,
+           signing_key: Ed25519PrivateKey, extra_files: dict[str, bytes], description: dict, keys_pem: bytes,
+           notes_text: bytes, history: list[tuple[int, Checkpoint]], used_number: int,
+           consistency: list[dict[str, Any]], spools: list[Spool], witnesses: int) -> BundleSummary:
     def spool(data: bytes = b"") -> Spool:
         spools.append(Spool.of(data))
         return spools[-1]
@@ -131,10 +144,12 @@ def _write(out_path: Path, log: EvidenceLog, wanted: list[int], cp: Checkpoint, 
         "records": len(wanted),
         "records_with_decrypted_bodies": n_bodies,
         "records_with_bodies_not_decrypted": not_decrypted,
+        "witnesses": witnesses,
     })
 
     files: dict[str, Spool] = {}
-    files[README] = spool(readme(log.origin, cp, used_number, len(wanted), n_bodies, sorted(extra_files)))
+    extras = sorted(name for name in extra_files if name not in (WITNESSES, WITNESS_KEYS))
+    files[README] = spool(readme(log.origin, cp, used_number, len(wanted), n_bodies, extras, witnesses))
     files[MANIFEST_KEY] = spool(public_pem(signing_key.public_key()))
     files[CHECKPOINT_KEYS] = spool(keys_pem)
     files[CHECKPOINTS] = spool(notes_text)
@@ -155,7 +170,7 @@ def _write(out_path: Path, log: EvidenceLog, wanted: list[int], cp: Checkpoint, 
     order += [(name, f) for name, f in files.items() if name != README]
     digest, size = write_archive(out_path, order, mtime)
     return BundleSummary(out_path, digest, size, len(wanted), n_bodies, tuple(not_decrypted), cp,
-                         tuple(name for name, _ in order))
+                         tuple(name for name, _ in order), witnesses)
 
 
 def _index_arg(i: object) -> int:
@@ -184,7 +199,7 @@ def _check_bytes(name: str, data: object) -> bytes:
     return bytes(data)
 
 
-def _checkpoint_history(log: EvidenceLog, cp: Checkpoint, first_record: int = 0) -> tuple[bytes, list[tuple[int, Checkpoint]], int]:
+def _checkpoint_history(log: EvidenceLog | LogReader, cp: Checkpoint, first_record: int = 0) -> tuple[bytes, list[tuple[int, Checkpoint]], int]:
     """The checkpoints the bundle carries, as their exact stored notes; their numbers; cp's number.
 
     Consistency proofs chain, so a few notes prove what all of them would: the log's
@@ -210,7 +225,7 @@ def _checkpoint_history(log: EvidenceLog, cp: Checkpoint, first_record: int = 0)
     return sparse, history, parsed[-1].number
 
 
-def _consistency(log: EvidenceLog, history: list[tuple[int, Checkpoint]]) -> list[dict[str, Any]]:
+def _consistency(log: EvidenceLog | LogReader, history: list[tuple[int, Checkpoint]]) -> list[dict[str, Any]]:
     out = []
     for (na, a), (nb, b) in itertools.pairwise(history):
         if a.size == 0 or a.size == b.size or a.size > b.size:
@@ -221,7 +236,25 @@ def _consistency(log: EvidenceLog, history: list[tuple[int, Checkpoint]]) -> lis
     return out
 
 
-def _open_bodies(log: EvidenceLog, idx: int) -> dict[str, dict[str, str]] | None:
+def _witnessed(log: EvidenceLog | LogReader, cp: Checkpoint,
+               cosigned: Sequence[Witnessed]) -> tuple[list[dict[str, Any]], int]:
+    """Each cosigned checkpoint of this log no larger than `cp`, with its consistency proof to `cp`; how many witnesses.
+
+    The proof comes from the log as it stands: if the log was rewritten since a witness
+    saw it, the proof does not check and the verifier says so.
+    """
+    out, names = [], set()
+    for w in cosigned:
+        if w.checkpoint.origin != log.origin or w.checkpoint.size > cp.size or not w.cosignatures:
+            continue
+        m = w.checkpoint.size
+        proof = log.consistency_proof(m, cp.size) if 0 < m < cp.size else []
+        out.append({"note": w.note(), "proof": [p.hex() for p in proof]})
+        names.update((c.name, c.key_hash) for c in w.cosignatures)
+    return out, len(names)
+
+
+def _open_bodies(log: EvidenceLog | LogReader, idx: int) -> dict[str, dict[str, str]] | None:
     """The bodies the log can decode, packed as text or base64; None if decryption failed outright."""
     try:
         got = log.get(idx).get("bodies")
