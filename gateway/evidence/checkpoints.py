@@ -114,14 +114,19 @@ def parse_note(text: str) -> Checkpoint:
     return cp
 
 
-def _parse_sig(line: str) -> NoteSignature:
+def split_signature_line(line: str) -> tuple[str, bytes]:
+    """A signed-note signature line's key name and decoded blob (whatever kind of signature it holds)."""
     if not line.startswith(SIG_PREFIX):
         raise CheckpointError("signature line does not start with an em dash")
     name, _, blob = line[len(SIG_PREFIX):].rpartition(" ")
     try:
-        raw = base64.b64decode(blob, validate=True)
+        return name, base64.b64decode(blob, validate=True)
     except binascii.Error:
         raise CheckpointError("signature is not base64") from None
+
+
+def _parse_sig(line: str) -> NoteSignature:
+    name, raw = split_signature_line(line)
     if not name or len(raw) != 4 + 64:
         raise CheckpointError("malformed signature line")
     return NoteSignature(name, raw[:4], raw[4:])

@@ -19,7 +19,6 @@ what its witnesses cosigned (see `WitnessLog` for where a witness keeps its line
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .checkpoints import SIG_PREFIX, Checkpoint, parse_note
+from .checkpoints import SIG_PREFIX, Checkpoint, parse_note, split_signature_line
 from .crypto import raw_public
 from .errors import CheckpointError
 
@@ -106,13 +105,7 @@ def parse_witnessed(text: str) -> Witnessed:
 
 def _parse_cosignature(line: str) -> Cosignature | None:
     """The line as a cosignature, or None when it is some other signature line."""
-    if not line.startswith(SIG_PREFIX):
-        raise CheckpointError("signature line does not start with an em dash")
-    name, _, blob = line[len(SIG_PREFIX):].rpartition(" ")
-    try:
-        raw = base64.b64decode(blob, validate=True)
-    except binascii.Error:
-        raise CheckpointError("signature is not base64") from None
+    name, raw = split_signature_line(line)
     if len(raw) != 4 + 8 + 64:
         return None
     if not name:

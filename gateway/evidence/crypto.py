@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Mapping
@@ -87,6 +88,13 @@ class BodyCipher:
             ct = self._aead[self.key_id].encrypt(nonce, bytes(data), _aad(index, name))
             out[name] = {"alg": ALG, "kid": self.key_id, "iv": b64(nonce), "ct": b64(ct)}
         return out
+
+    def open_record(self, index: int, leaf: bytes) -> dict:
+        """A leaf as its record, with the bodies this cipher has a key for opened to bytes."""
+        record = json.loads(leaf)
+        if isinstance(record.get("bodies"), dict):
+            record["bodies"] = self.open(index, record["bodies"])
+        return record
 
     def open(self, index: int, sealed: Mapping[str, object]) -> dict[str, object]:
         """Decode each body to bytes; one whose key is unknown stays as its envelope."""

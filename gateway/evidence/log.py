@@ -12,7 +12,6 @@ when one is due. Callers that must not answer before the record is on disk await
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
@@ -333,10 +332,7 @@ class EvidenceLog:
 
     def get(self, idx: int) -> dict:
         """The record at `idx`, bodies decoded to bytes where a key for them is configured."""
-        record = json.loads(self.read_leaf(idx))
-        if isinstance(record.get("bodies"), dict):
-            record["bodies"] = self._cipher.open(idx, record["bodies"])
-        return record
+        return self._cipher.open_record(idx, self.read_leaf(idx))
 
     def _locate(self, idx: int) -> tuple[int, int]:
         if not 0 <= idx < self._size:

@@ -156,10 +156,7 @@ class LogReader:
         return pread_record(fd, off, segment_name(seg))
 
     def get(self, idx: int) -> dict:
-        record = json.loads(self.read_leaf(idx))
-        if isinstance(record.get("bodies"), dict):
-            record["bodies"] = self._cipher.open(idx, record["bodies"])
-        return record
+        return self._cipher.open_record(idx, self.read_leaf(idx))
 
     def _rows(self) -> Index:
         if self._index is None:
