@@ -74,7 +74,7 @@ log = logging.getLogger("gateway")
 
 
 class Gateway:
-    def __init__(self, config: Config, policy: Policy) -> None:
+    def __init__(self, config: Config, policy: Policy, *, workers: int = 1) -> None:
         self.config = config
         self.policy = policy
         models = list(config.models)
@@ -85,7 +85,8 @@ class Gateway:
 
         # the ground: the store, its mirror in memory, the evidence log -------------------------
         self.store = make_store(config.store, config.data_dir, liveness=oversight.max_staleness,
-                                replicas_to_ack=config.replicas_to_ack, ack_timeout=config.store_durability.timeout)
+                                replicas_to_ack=config.replicas_to_ack, ack_timeout=config.store_durability.timeout,
+                                shared=workers > 1)  # `serve --workers N`: N processes on one embedded store
         self.state = ControlState(self.store, initial_level=oversight.initial_level,
                                   max_staleness=oversight.max_staleness, on_state_loss=oversight.on_state_loss)
         self.evidence = (EvidenceRecorder(config.evidence, policy.evidence, data_dir=config.data_dir)
@@ -193,13 +194,14 @@ class Gateway:
         self._retention: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_files(cls, config_path: str | Path) -> "Gateway":
+    def from_files(cls, config_path: str | Path, *, workers: int = 1) -> "Gateway":
         """Load, validate and build: everything that can refuse a file before the gateway listens (`ConfigError`).
 
         `gateway serve` and `gateway config check` both start here, so they accept the same files.
+        `workers`: how many processes serve with this config (`serve --workers`), this one among them.
         """
         config = load_config(config_path)
-        gateway = cls(config, load_policy(config.policy))
+        gateway = cls(config, load_policy(config.policy), workers=workers)
         try:
             gateway.notifier.check_template()
         except jinja2.TemplateError as exc:

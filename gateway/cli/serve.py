@@ -1,4 +1,4 @@
-"""`gateway serve`: run the gateway (one process; add replicas with a shared Redis store)."""
+"""`gateway serve`: run the gateway (one process, or `--workers N` on one port; replicas with a shared Redis store)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, help="listen port (overrides listen.port)")
     parser.add_argument("--with-demo-model", action="store_true",
                         help="also start the demo model at the upstream address the config gives model `demo`")
+    parser.add_argument("--workers", type=_worker_count, default=1, metavar="N",
+                        help="worker processes serving one port, each a replica, restarted if they die (default: 1)")
+    parser.add_argument("--worker-socket", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
+    parser.add_argument("--worker-ready", type=int, help=argparse.SUPPRESS)
     parser.set_defaults(func=_serve)
 
 
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"expected a number of workers from 1 to 64 (got {text!r})")
+    return count
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.worker_socket is not None or args.workers > 1:
+        from gateway import supervisor
+
+        return supervisor.run_worker(args) if args.worker_socket is not None else supervisor.serve_workers(args)
     import uvicorn
 
     from gateway.app import GatewayApp

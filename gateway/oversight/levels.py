@@ -87,6 +87,7 @@ class LevelControl:
             "global": {"level": glevel, **_who(gdoc)},
             "models": models,
             "stale": self.state.is_stale(),
+            "replica": self.state.replica_id,  # the replica that answered (one of several behind a port or balancer)
             "pending_changes": await self.pending(),
             "history": history,
         }

@@ -12,8 +12,8 @@ Four concerns, one Protocol each, so every component asks only for what it uses:
 - `Topics` — small messages between replicas (a ticket decided, a ticket created).
 
 `Store` is all four: what a backend implements, and what `tests/store/` checks each
-backend against. Backends differ only in reach: embedded serves one process, Redis any
-number.
+backend against. Backends differ only in reach: embedded serves one process or the worker
+processes of one machine, Redis any number.
 """
 
 from __future__ import annotations

@@ -1,21 +1,36 @@
-"""Embedded backend: SQLite in the data folder, for one gateway process.
+"""Embedded backend: SQLite in the data folder, for one gateway process or the workers of one machine.
 
-All SQLite work runs on one dedicated thread, so the event loop never blocks on disk and
-the connection is never shared between threads. Writes commit with `synchronous=FULL`:
-a change is on disk before the call that made it answers. With one process there is one
-replica, which applies every change as it commits, so this store never goes stale.
+All SQLite work runs on one dedicated thread (`gateway.store.serial`), so the event loop
+never blocks on disk and the connection is never shared between threads. Writes commit
+with `synchronous=FULL`: a change is on disk before the call that made it answers. With
+one process there is one replica, which applies every change as it commits, so this store
+never goes stale.
+
+Shared (`shared=True`: the workers of `gateway serve --workers N`, on one data folder),
+the processes share the database in WAL mode and each behaves as a replica on Redis does:
+- the change signal: every `POLL_INTERVAL`, between calls, the store's thread asks SQLite
+  whether another connection committed (`PRAGMA data_version`: shared memory, no disk
+  read, no wakeup of the event loop); when one did, the control documents written since
+  go to the mirror as changes (a gap makes it resynchronise), and the messages other
+  workers published (table `messages`) to this worker's subscribers;
+- liveness: the mirror's heartbeat registers the worker in `replicas` (last seen, epoch
+  applied), so `wait_applied` waits for every live worker, and a worker whose store calls
+  fail or stall fails closed (`on_unavailable`, the heartbeat);
+- heartbeats, acks and messages commit without fsync (`synchronous=NORMAL`): a power cut
+  may lose them, and nothing depends on them surviving one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sqlite3
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +45,7 @@ from gateway.store.base import (
     TopicListener,
     dumps,
 )
+from gateway.store.serial import SerialThread
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -46,67 +62,99 @@ CREATE TABLE IF NOT EXISTS remembered (coll TEXT NOT NULL, id TEXT NOT NULL, doc
 CREATE INDEX IF NOT EXISTS remembered_expiry ON remembered (expires);
 CREATE INDEX IF NOT EXISTS counters_expiry ON counters (expires);
 CREATE INDEX IF NOT EXISTS records_by_status ON records (coll, json_extract(doc, '$.status'), seq);
+CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, seen REAL NOT NULL, applied INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, origin TEXT NOT NULL,
+    body TEXT NOT NULL, at REAL NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', 0);
 """
 
+log = logging.getLogger("gateway.store")
+
+POLL_INTERVAL = 0.01  # shared: how often a worker asks whether another one committed (about 1 % of a core)
+MESSAGE_TTL = 60.0  # shared: messages between workers older than this are removed
+FORGET_REPLICAS = 3600.0  # shared: a replica not seen for this long leaves the table
 
 
 class EmbeddedStore(Store):
-    on_unavailable = None  # a local file: its failures are errors, not an unknown state
-    shared = False
+    on_unavailable = None  # alone: a local file's failures are errors, not an unknown state
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, shared: bool = False, liveness: float = 2.0) -> None:
         self.path = Path(path)
-        self.replica_id = f"embedded-{uuid.uuid4().hex[:8]}"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
+        self.shared = shared
+        self.liveness = liveness  # shared: a replica whose heartbeat is older is not waited for
+        self.replica_id = f"embedded-{os.getpid()}-{uuid.uuid4().hex[:6]}" if shared else f"embedded-{uuid.uuid4().hex[:8]}"
+        self._thread = SerialThread("gateway-sqlite")
         self._db: sqlite3.Connection | None = None
         self._on_change: ChangeListener | None = None
         self._topics: dict[str, list[TopicListener]] = defaultdict(list)
         self._applied = 0
+        # shared: what the store's thread has seen of the other workers' commits
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._data_version = 0
+        self._feed_epoch = 0
+        self._message_seq = 0
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await self._thread.run(fn, *args)
         except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"embedded store {self.path}: {exc}") from None
+            message = f"embedded store {self.path}: {exc}"
+            if self.shared and self.on_unavailable is not None:
+                self.on_unavailable(message)  # shared: another worker may have changed what we cannot read
+            raise StoreUnavailable(message) from None
 
     # lifecycle -----------------------------------------------------------------
     async def open(self, on_change: ChangeListener) -> Snapshot:
         def connect() -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=5000")  # first: workers opening one file at once wait for each other
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
             self._db = db
+            if self.shared:
+                self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
+                self._message_seq = db.execute("SELECT coalesce(max(seq), 0) FROM messages").fetchone()[0]
 
         await self._run(connect)
         self._on_change = on_change
         snap = await self.snapshot()
-        self._applied = snap.epoch
+        self._applied = self._feed_epoch = snap.epoch
+        if self.shared:
+            self._loop = asyncio.get_running_loop()
+            self._thread.when_idle(self._follow, POLL_INTERVAL)
         return snap
 
     async def durability_problems(self) -> list[str]:
         return []  # SQLite in WAL mode on the data folder's disk: a committed write survives a crash
 
     async def close(self) -> None:
+        self._thread.when_idle(None)
+
         def shut() -> None:
             if self._db is not None:
+                if self.shared:  # leaving: writers stop waiting for this replica at once
+                    try:
+                        self._db.execute("DELETE FROM replicas WHERE id=?", (self.replica_id,))
+                    except sqlite3.Error:
+                        pass
                 self._db.close()
                 self._db = None
 
         await self._run(shut)
-        self._executor.shutdown(wait=True)
+        self._thread.shutdown()
 
     # control state --------------------------------------------------------------
     async def snapshot(self) -> Snapshot:
         def read() -> Snapshot:
             db = self._conn()
-            with db:
+            db.execute("BEGIN")  # one read transaction: the epoch and the documents as of one commit
+            try:
                 epoch = db.execute("SELECT value FROM meta WHERE name='epoch'").fetchone()[0]
                 docs = {key: json.loads(doc) for key, doc in db.execute("SELECT key, doc FROM state")}
+            finally:
+                db.execute("COMMIT")
             return Snapshot(epoch, docs)
 
         return await self._run(read)
@@ -155,14 +203,98 @@ class EmbeddedStore(Store):
 
     # replicas -------------------------------------------------------------------
     async def confirm(self, applied_epoch: int) -> int:
-        return (await self.snapshot()).epoch
+        if not self.shared:
+            return (await self.snapshot()).epoch
+
+        def beat(db: sqlite3.Connection) -> int:
+            now = time.time()
+            db.execute("INSERT INTO replicas (id, seen, applied) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE "
+                       "SET seen=excluded.seen, applied=max(applied, excluded.applied)", (self.replica_id, now, applied_epoch))
+            db.execute("DELETE FROM replicas WHERE seen < ?", (now - FORGET_REPLICAS,))
+            db.execute("DELETE FROM messages WHERE at < ?", (now - MESSAGE_TTL,))
+            return db.execute("SELECT value FROM meta WHERE name='epoch'").fetchone()[0]
+
+        return await self._run(self._unsynced, beat)
 
     async def report_applied(self, epoch: int) -> None:
         self._applied = max(self._applied, epoch)
+        if self.shared:
+            await self._run(self._unsynced, lambda db: db.execute(
+                "INSERT INTO replicas (id, seen, applied) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE "
+                "SET applied=max(applied, excluded.applied)", (self.replica_id, time.time(), epoch)))
 
     async def wait_applied(self, epoch: int, timeout: float) -> Confirmation:
         me = [self.replica_id]
-        return Confirmation(epoch, applied_by=me if self._applied >= epoch else [], replicas=me)
+        if not self.shared:
+            return Confirmation(epoch, applied_by=me if self._applied >= epoch else [], replicas=me)
+
+        def live() -> dict[str, int]:
+            rows = self._conn().execute("SELECT id, applied FROM replicas WHERE seen >= ?", (time.time() - self.liveness,))
+            return dict(rows.fetchall())
+
+        def applied(ids: list[str]) -> dict[str, int]:
+            marks = ",".join("?" * len(ids))
+            return dict(self._conn().execute(f"SELECT id, applied FROM replicas WHERE id IN ({marks})", ids).fetchall())
+
+        started = time.monotonic()
+        deadline = started + timeout
+        seen = await self._run(live)  # who must confirm: the replicas alive now, and this one
+        replicas = sorted(set(seen) | {self.replica_id})
+        while True:
+            seen[self.replica_id] = max(seen.get(self.replica_id, 0), self._applied)
+            done = [r for r in replicas if seen.get(r, 0) >= epoch]
+            now = time.monotonic()
+            if len(done) == len(replicas) or now >= deadline:
+                return Confirmation(epoch, applied_by=done, replicas=replicas)
+            # every few ms while the others normally answer (one POLL_INTERVAL), then less often
+            await asyncio.sleep(min(0.003 if now - started < 0.1 else 0.02, deadline - now))
+            seen.update(await self._run(applied, replicas))
+
+    # the other workers' commits (shared) ----------------------------------------
+    def _follow(self) -> None:
+        """On the store's thread, when idle: hand what other workers committed to the event loop."""
+        try:
+            changes, messages = self._poll()
+        except sqlite3.OperationalError:
+            return  # busy or failing: the mirror's heartbeat fails closed meanwhile and resynchronises after
+        except Exception:
+            log.exception("following the embedded store failed; trying again")
+            return
+        if (changes or messages) and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._hand_over, changes, messages)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+    def _hand_over(self, changes: list[Change], messages: list[tuple[str, dict[str, Any]]]) -> None:
+        for change in changes:
+            if self._on_change is not None:
+                self._on_change(change)
+        for topic, message in messages:
+            self._deliver(topic, message)
+
+    def _poll(self) -> tuple[list[Change], list[tuple[str, dict[str, Any]]]]:
+        db = self._conn()
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return [], []  # nobody else committed: the usual answer, from shared memory
+        self._data_version = version
+        changes: list[Change] = []
+        db.execute("BEGIN")
+        try:
+            epoch = db.execute("SELECT value FROM meta WHERE name='epoch'").fetchone()[0]
+            if epoch > self._feed_epoch:
+                rows = db.execute("SELECT key, doc, rev FROM state WHERE rev > ? ORDER BY rev", (self._feed_epoch,))
+                changes = [Change(rev, key, json.loads(doc)) for key, doc, rev in rows]
+                self._feed_epoch = epoch
+            rows = db.execute("SELECT seq, topic, origin, body FROM messages WHERE seq > ? ORDER BY seq",
+                              (self._message_seq,)).fetchall()
+        finally:
+            db.execute("COMMIT")
+        if rows:
+            self._message_seq = rows[-1][0]
+        messages = [(topic, json.loads(body)) for _, topic, origin, body in rows if origin != self.replica_id]
+        return changes, messages
 
     # collections ----------------------------------------------------------------
     async def insert(self, coll: str, id: str, doc: dict[str, Any]) -> None:
@@ -267,6 +399,15 @@ class EmbeddedStore(Store):
 
         return await self._run(read)
 
+    def _unsynced(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """`work` in one write transaction committed without fsync: for facts a power cut may lose (shared)."""
+        db = self._conn()
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return self._in_transaction(work)
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
+
     def _in_transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run `work` in one write transaction: all of it commits, or none of it."""
         db = self._conn()
@@ -282,8 +423,18 @@ class EmbeddedStore(Store):
 
     # topics ---------------------------------------------------------------------
     async def publish(self, topic: str, message: dict[str, Any]) -> None:
+        if self.shared:  # for the other workers' watchers
+            await self._run(self._unsynced, lambda db: db.execute(
+                "INSERT INTO messages (topic, origin, body, at) VALUES (?, ?, ?, ?)",
+                (topic, self.replica_id, dumps(message), time.time())))
+        self._deliver(topic, message)
+
+    def _deliver(self, topic: str, message: dict[str, Any]) -> None:
         for listener in list(self._topics.get(topic, ())):
-            listener(message)
+            try:
+                listener(message)
+            except Exception:
+                log.exception("a listener of topic %s failed", topic)
 
     def subscribe(self, topic: str, listener: TopicListener) -> Callable[[], None]:
         self._topics[topic].append(listener)

@@ -122,3 +122,40 @@ async def test_state_loss_never_lowers_a_level(own_redis, level):
         assert state.level_for("demo") == max(level, 3)
     finally:
         await state.stop()
+
+
+async def test_workers_on_one_embedded_file_mirror_each_others_changes_and_confirm_them(tmp_path):
+    a = _mirror(EmbeddedStore(tmp_path / "s.db", shared=True))
+    b = _mirror(EmbeddedStore(tmp_path / "s.db", shared=True))
+    await a.start()
+    await b.start()
+    try:
+        change, confirmation = await a.change("level/model/demo", {"level": 4}, audit={"actor": "ops"})
+        assert confirmation.missing == []
+        assert (confirmation.as_dict()["applied_by"], confirmation.as_dict()["replicas"]) == (2, 2)
+        assert b.level_for("demo") == 4  # applied before the change answered
+        assert b.epoch == change.epoch
+        _, back = await b.change("level/model/demo", {"level": 1}, audit={"actor": "ops"})
+        assert back.as_dict()["applied_by"] == 2 and a.level_for("demo") == 1
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_worker_that_cannot_confirm_its_embedded_state_fails_closed_and_recovers(tmp_path):
+    import sqlite3
+
+    state = _mirror(EmbeddedStore(tmp_path / "s.db", shared=True), max_staleness=0.4)
+    await state.start()
+    try:
+        assert state.level_for("demo") == 0
+        lock = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # another process holds the database: no heartbeat gets through
+        try:
+            await eventually(lambda: _true(state.level_for("demo") == 4), timeout=2)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        await eventually(lambda: _true(state.level_for("demo") == 0), timeout=8)
+    finally:
+        await state.stop()

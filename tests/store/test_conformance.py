@@ -1,5 +1,7 @@
-"""One contract, every backend: each test here runs against the embedded store, one Redis server,
-a Sentinel-watched master with two replicas (writes confirmed on one of them), and a 3-master Cluster."""
+"""One contract, every backend: each test here runs against the embedded store (alone, and shared by the
+workers of one machine), one Redis server, a Sentinel-watched master with two replicas (writes confirmed
+on one of them), and a 3-master Cluster. The `pair` tests run two replicas on one store: two embedded
+stores on one file (as two workers have them), two clients of one Redis, Sentinel set or Cluster."""
 
 from __future__ import annotations
 
@@ -13,21 +15,43 @@ from gateway.store.redis import RedisStore
 from tests.support import eventually
 
 
-@pytest.fixture(params=["embedded", "redis", "sentinel", "cluster"])
-async def store(request, tmp_path):
+BACKENDS = ["embedded", "embedded-shared", "redis", "sentinel", "cluster"]
+
+
+def _make(kind: str, request, tmp_path, liveness: float = 2.0) -> Store:
+    if kind == "embedded":
+        return EmbeddedStore(tmp_path / "state.sqlite3")
+    if kind == "embedded-shared":
+        return EmbeddedStore(tmp_path / "state.sqlite3", shared=True, liveness=liveness)
+    if kind == "redis":
+        return RedisStore(request.getfixturevalue("redis_url"), liveness=liveness)
+    if kind == "sentinel":
+        return RedisStore(request.getfixturevalue("sentinel_url"), replicas_to_ack=1, liveness=liveness)
+    return RedisStore(request.getfixturevalue("cluster_url"), liveness=liveness)
+
+
+async def _opened(s: Store) -> Store:
     changes: list[Change] = []
-    if request.param == "embedded":
-        s: Store = EmbeddedStore(tmp_path / "state.sqlite3")
-    elif request.param == "redis":
-        s = RedisStore(request.getfixturevalue("redis_url"))
-    elif request.param == "sentinel":
-        s = RedisStore(request.getfixturevalue("sentinel_url"), replicas_to_ack=1)
-    else:
-        s = RedisStore(request.getfixturevalue("cluster_url"))
     await s.open(changes.append)
     s.seen = changes  # type: ignore[attr-defined]
+    return s
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request, tmp_path):
+    s = await _opened(_make(request.param, request, tmp_path))
     yield s
     await s.close()
+
+
+@pytest.fixture(params=BACKENDS[1:])
+async def pair(request, tmp_path):
+    """Two replicas on one store, each counting a replica live for 0.5 s after its last heartbeat."""
+    a = await _opened(_make(request.param, request, tmp_path, liveness=0.5))
+    b = await _opened(_make(request.param, request, tmp_path, liveness=0.5))
+    yield a, b
+    await a.close()
+    await b.close()
 
 
 async def test_put_bumps_the_epoch_and_stamps_rev(store):
@@ -137,7 +161,8 @@ async def test_state_survives_reopening(store, tmp_path, request):
     await store.put("level/global", {"level": 3})
     await store.insert("tickets", "t1", {"id": "t1"})
     await store.close()
-    reopened = EmbeddedStore(tmp_path / "state.sqlite3") if isinstance(store, EmbeddedStore) else RedisStore(store.target.url, replicas_to_ack=store.replicas_to_ack)
+    reopened = (EmbeddedStore(tmp_path / "state.sqlite3", shared=store.shared) if isinstance(store, EmbeddedStore)
+                else RedisStore(store.target.url, replicas_to_ack=store.replicas_to_ack))
     snap = await reopened.open(lambda change: None)
     try:
         assert snap.docs["level/global"]["level"] == 3
@@ -194,3 +219,88 @@ async def test_remembered_facts_are_recalled_until_they_expire(store):
     await store.remember("decisions", {"r3": {"caller": "c3"}}, ttl=0.2)
     await asyncio.sleep(0.3)
     assert await store.recall("decisions", "r3") is None
+
+
+# two replicas on one store -------------------------------------------------------------
+async def test_a_change_on_one_replica_reaches_the_other(pair):
+    a, b = pair
+    first = await a.put("level/model/demo", {"level": 4})
+    second = await b.put("level/global", {"level": 1})
+    await eventually(lambda: _async([c.epoch for c in b.seen if c.epoch == first.epoch]), timeout=2)
+    await eventually(lambda: _async([c.epoch for c in a.seen if c.epoch == second.epoch]), timeout=2)
+    assert next(c for c in b.seen if c.epoch == first.epoch).doc == {"level": 4, "rev": first.epoch}
+    assert (await a.snapshot()).docs == (await b.snapshot()).docs
+
+
+async def test_a_change_waits_for_every_live_replica(pair):
+    a, b = pair
+    change = await a.put("level/global", {"level": 4})
+    await a.confirm(change.epoch)
+    await b.confirm(0)  # alive, and has not applied it yet
+    await a.report_applied(change.epoch)
+    waiting = await a.wait_applied(change.epoch, timeout=0.2)
+    assert (waiting.replicas, waiting.applied_by) == (sorted([a.replica_id, b.replica_id]), [a.replica_id])
+    assert waiting.missing == [b.replica_id] and waiting.as_dict()["unconfirmed"] == [b.replica_id]
+    confirmation = asyncio.create_task(a.wait_applied(change.epoch, timeout=2.0))
+    await asyncio.sleep(0.05)
+    await b.report_applied(change.epoch)
+    done = await confirmation
+    assert done.applied_by == done.replicas == sorted([a.replica_id, b.replica_id])
+    assert done.as_dict() == {"epoch": change.epoch, "applied_by": 2, "replicas": 2}
+
+
+async def test_a_replica_that_stopped_beating_or_left_is_not_waited_for(pair):
+    a, b = pair
+    change = await a.put("level/global", {"level": 4})
+    await a.report_applied(change.epoch)
+    await b.confirm(0)
+    assert (await a.wait_applied(change.epoch, timeout=0.05)).missing == [b.replica_id]
+    await asyncio.sleep(0.6)  # b's heartbeat is older than the liveness (0.5 s) now
+    await a.confirm(change.epoch)
+    assert (await a.wait_applied(change.epoch, timeout=1.0)).replicas == [a.replica_id]
+    await b.confirm(0)
+    await b.close()  # a replica that leaves says so
+    b.close = _noop  # type: ignore[method-assign]
+    assert (await a.wait_applied(change.epoch, timeout=1.0)).replicas == [a.replica_id]
+
+
+async def test_messages_reach_the_other_replica_once(pair):
+    a, b = pair
+    at_a: list[dict] = []
+    at_b: list[dict] = []
+    a.subscribe("decisions", at_a.append)
+    b.subscribe("decisions", at_b.append)
+    await a.publish("decisions", {"ticket": "t1"})
+    await b.publish("decisions", {"ticket": "t2"})
+    await eventually(lambda: _async(len(at_a) == 2 and len(at_b) == 2), timeout=2)
+    await asyncio.sleep(0.1)  # nothing arrives twice
+    assert sorted(m["ticket"] for m in at_a) == sorted(m["ticket"] for m in at_b) == ["t1", "t2"]
+
+
+async def test_compare_and_set_across_replicas_has_exactly_one_winner(pair):
+    a, b = pair
+    base = await a.put("active/demo", {"version": "v1"})
+    results = await asyncio.gather(
+        *(s.put("active/demo", {"version": f"v{i}"}, expect_rev=base.epoch) for i, s in enumerate([a, b] * 5, start=2)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, Change) for r in results) == 1
+    assert all(isinstance(r, StaleWrite) for r in results if not isinstance(r, Change))
+    await store_agrees(a, b)
+
+
+async def test_updates_across_replicas_have_exactly_one_winner(pair):
+    a, b = pair
+    await a.insert("tickets", "t", {"id": "t", "status": "pending"})
+    results = await asyncio.gather(
+        *(s.update("tickets", "t", {"id": "t", "status": "decided", "by": i}, expect={"status": "pending"})
+          for i, s in enumerate([a, b] * 4)),
+        return_exceptions=True,
+    )
+    assert sum(r is None for r in results) == 1
+    assert (await b.get("tickets", "t"))["status"] == "decided"
+
+
+async def store_agrees(a, b) -> None:
+    snap_a, snap_b = await a.snapshot(), await b.snapshot()
+    assert snap_a == snap_b
