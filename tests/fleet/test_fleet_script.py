@@ -16,7 +16,9 @@ import time
 
 import httpx
 
-from scripts.fleet import Fleet, Load, Phase, served_by, tolerated
+from scripts.fleet import Fleet
+from scripts.fleetlib.faults import Phase, served_by, tolerated
+from scripts.fleetlib.load import Load
 from tests.support import ROOT
 
 SCRIPT = ROOT / "scripts" / "fleet.py"

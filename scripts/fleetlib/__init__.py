@@ -1,0 +1,1 @@
+"""The parts of `scripts/fleet.py`: a fleet on one machine (topology), load, faults and what held."""
