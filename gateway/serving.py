@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 
 import httptools
@@ -158,3 +159,29 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 b"connection: close\r\n\r\n" % (status, _REASONS[status], len(body), request_id.encode()))
         self.transport.write(head + body)
         self.transport.close()
+
+
+def server_config(app, *, host: str | None = None, port: int | None = None):
+    """How uvicorn runs the gateway: one worker, uvloop, httptools with the gateway's read limits, TLS from the config."""
+    import uvicorn
+
+    config = app.gateway.config
+    tls = config.listen.tls
+    return uvicorn.Config(
+        app,
+        host=host or config.listen.host,
+        port=port if port is not None else config.listen.port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http=protocol_with(ReadLimits(max_header_bytes=config.limits.max_header_bytes,
+                                      max_headers=config.limits.max_headers, max_url_bytes=config.limits.max_url_bytes,
+                                      header_seconds=config.timeouts.client_header,
+                                      body_seconds=config.timeouts.client_body)),
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,  # the gateway is the edge: it adds X-Forwarded-For, it does not trust it
+        log_config=None,
+        ssl_certfile=str(tls.cert) if tls else None,
+        ssl_keyfile=str(tls.key) if tls else None,
+        timeout_graceful_shutdown=10,
+    )

@@ -45,7 +45,7 @@ READY = b"r"
 # the parent --------------------------------------------------------------------------------------
 def serve_workers(args: argparse.Namespace) -> int:
     """`gateway serve --workers N` with N > 1 (`args` as `gateway.cli.serve` parses them)."""
-    from gateway.cli.serve import _start_demo_model
+    from gateway.demo.launch import start_demo_model
     from gateway.configfile import ConfigError
     from gateway.logs import setup_logging
     from gateway.wiring import Gateway
@@ -75,7 +75,7 @@ def serve_workers(args: argparse.Namespace) -> int:
         return 1
     demo = None
     try:
-        demo = _start_demo_model(gateway) if args.with_demo_model else None
+        demo = start_demo_model(gateway.config) if args.with_demo_model else None
         del gateway  # the workers build their own
         bound = sock.getsockname()
         where = f"{'https' if tls else 'http'}://{_host_for_url(bound[0])}:{bound[1]}"
@@ -191,14 +191,14 @@ class Supervisor:
         return True
 
     def _spawn(self, worker: Worker) -> None:
-        from gateway.cli.serve import _die_with_parent
+        from gateway.demo.launch import die_with_parent
 
         ready_r, ready_w = os.pipe()
         fd = self.sock.fileno()
         command = [*self.command, "--worker-socket", str(fd), "--worker-ready", str(ready_w)]
         try:
             # its own process group: a terminal's Ctrl-C reaches the parent, which stops the workers in order
-            worker.proc = subprocess.Popen(command, pass_fds=(fd, ready_w), preexec_fn=_die_with_parent,
+            worker.proc = subprocess.Popen(command, pass_fds=(fd, ready_w), preexec_fn=die_with_parent,
                                            process_group=0)
         except OSError as exc:
             os.close(ready_r)
@@ -312,7 +312,7 @@ def run_worker(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import GatewayApp
-    from gateway.cli.serve import server_config
+    from gateway.serving import server_config
     from gateway.configfile import ConfigError
     from gateway.logs import setup_logging
     from gateway.wiring import Gateway

@@ -190,7 +190,7 @@ async def serve_in_process(config_path: Path, client_verify: Any = True) -> Asyn
     import uvicorn
 
     from gateway.app import GatewayApp
-    from gateway.cli.serve import server_config
+    from gateway.serving import server_config
     from gateway.wiring import Gateway
 
     gw = Gateway.from_files(config_path)
