@@ -20,11 +20,16 @@ MASTER_NAME = "gw-master"
 
 @dataclass
 class SentinelSet:
-    """A master, `replicas` replicas and three sentinels (quorum 2) that fail over after `down_after_ms`."""
+    """A master, `replicas` replicas and three sentinels (quorum 2) that fail over after `down_after_ms`.
+
+    `failover_timeout_ms` is short so that an election without a winner (three sentinels
+    voting for themselves at once) is tried again after 2 x that, not after 20 s.
+    """
 
     directory: Path
     replicas: int = 2
     down_after_ms: int = 1000
+    failover_timeout_ms: int = 2000
     master: RedisServer | None = None
     servers: list[RedisServer] = field(default_factory=list)
     sentinels: list[tuple[int, subprocess.Popen]] = field(default_factory=list)
@@ -35,11 +40,13 @@ class SentinelSet:
         return f"redis+sentinel://{hosts}/{MASTER_NAME}/0"
 
     def start(self) -> "SentinelSet":
-        self.master = RedisServer(free_port(), self.directory / "master").start()
+        self.master = RedisServer(free_port(), self.directory / "master",
+                                  args=("--logfile", str(self.directory / "master.log"))).start()
         self.servers = [self.master]
         for i in range(self.replicas):
             replica = RedisServer(free_port(), self.directory / f"replica-{i}",
-                                  args=("--replicaof", "127.0.0.1", str(self.master.port)))
+                                  args=("--replicaof", "127.0.0.1", str(self.master.port),
+                                        "--logfile", str(self.directory / f"replica-{i}.log")))
             self.servers.append(replica.start())
         self._wait_replicated()
         for i in range(3):
@@ -47,9 +54,10 @@ class SentinelSet:
             conf = self.directory / f"sentinel-{i}.conf"
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.directory}\n"
+                f"logfile {self.directory / f'sentinel-{i}.log'}\n"
                 f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master.port} 2\n"
                 f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
-                f"sentinel failover-timeout {MASTER_NAME} 10000\n"
+                f"sentinel failover-timeout {MASTER_NAME} {self.failover_timeout_ms}\n"
                 f"sentinel parallel-syncs {MASTER_NAME} 1\n")
             proc = subprocess.Popen([redis_server_binary(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, preexec_fn=dies_with_tests())

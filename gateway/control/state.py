@@ -89,7 +89,10 @@ class ControlState:
         self._load(snapshot)
         self.confirmed_at = time.monotonic()
         if self.store.shared:
-            await self.store.confirm(self.epoch)
+            try:
+                await self.store.confirm(self.epoch)
+            except StoreUnavailable:
+                pass  # reachable, but not confirming (no replica follows it): failing closed until the heartbeat can
             self._heartbeat = asyncio.create_task(self._beat(), name="gateway-state-heartbeat")
 
     async def stop(self) -> None:

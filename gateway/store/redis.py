@@ -15,6 +15,10 @@ it missed something and resynchronises.
 Acknowledged writes — control changes and collection documents (tickets, decisions,
 incidents) — are followed by `WAIT replicas_to_ack`: confirmed on that many Redis replicas,
 or refused (`StoreUnavailable`), so a failover cannot lose what the gateway acknowledged.
+The heartbeat waits too: a master no replica follows does not confirm the control state.
+
+Any failure of a call, and the loss of the subscription, is reported to `on_unavailable`
+(the mirror fails closed at once); the client finds a promoted master by itself.
 """
 
 from __future__ import annotations
@@ -49,6 +53,12 @@ from gateway.store.base import (
 )
 
 log = logging.getLogger("gateway.store")
+
+# What a call to Redis can fail with. Besides the client's own errors: an OSError it did
+# not wrap, and the RuntimeError uvloop raises for a write on a connection the peer just
+# closed (the master died between connecting and the first command): each means the
+# call did not happen, so each is the store being unavailable, never a 500.
+FAILURES = (RedisError, OSError, RuntimeError)
 
 # KEYS: state, epoch, audit, channel   ARGV: key, doc json (an object), expect rev or "", audit json or ""
 _PUT = """
@@ -148,6 +158,7 @@ class RedisStore(Store):
         self._acked: dict[str, int] = {}
         self._ack_event = asyncio.Event()
         self._subscribed = asyncio.Event()
+        self._heard = 0.0  # when the feed last delivered anything (or subscribed)
         self._closing = False
 
     def _k(self, name: str) -> str:
@@ -175,34 +186,52 @@ class RedisStore(Store):
                 pass
         try:
             await self._redis.zrem(self._k("replicas"), self.replica_id)
-        except RedisError:
+        except FAILURES:
             pass
         await self._redis.aclose()
 
-    async def _listen(self) -> None:
-        """Receive changes, acks and topic messages; reconnect and resync after a loss."""
+    async def _listen(self, resync: bool = False) -> None:
+        """Receive changes, acks and topic messages; reconnect and resync after a loss.
+
+        Losing the subscription is a store failure like any other (`on_unavailable`): a
+        killed master shows first here, often before any call fails, and the feed that
+        would carry a raised level is gone. Reconnecting goes through the client, so
+        after a failover it subscribes on the promoted master. A subscription that hangs
+        without failing (its master froze) is replaced by the heartbeat (`_check_feed`).
+        """
         delay = 0.05
         while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            subscribed = False
             try:
                 await pubsub.subscribe(self._k("changes"), self._k("acks"))
                 await pubsub.psubscribe(self._k("t:*"))
+                subscribed = True
+                self._heard = time.monotonic()
                 self._subscribed.set()
-                if delay > 0.05 and self._on_change is not None:
+                if (resync or delay > 0.05) and self._on_change is not None:
                     self._on_change(Resync())  # reconnected: whatever was published meanwhile is lost
-                delay = 0.05
+                resync, delay = False, 0.05
                 while True:
                     message = await pubsub.get_message(timeout=None)
+                    self._heard = time.monotonic()
                     if message is not None:
-                        self._dispatch(message)
+                        try:
+                            self._dispatch(message)
+                        except Exception:  # one bad message or listener must not end the feed for good
+                            log.exception("a message from %s could not be handled", message.get("channel"))
             except asyncio.CancelledError:
                 await _quietly(pubsub.aclose())
                 raise
-            except (RedisError, OSError) as exc:
-                log.warning("redis subscription lost (%s); reconnecting", exc.__class__.__name__)
+            except FAILURES as exc:
                 await _quietly(pubsub.aclose())
+                if self._closing:
+                    break
+                if subscribed:
+                    log.warning("redis subscription lost (%s); reconnecting", exc.__class__.__name__)
+                    self._unavailable(f"{self.url}: subscription lost ({exc})")
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, 0.5)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         channel = message["channel"].decode()
@@ -243,7 +272,7 @@ class RedisStore(Store):
                     if int(info.get("connected_slaves", 0)) < self.replicas_to_ack:
                         problems.append(f"{where} has {info.get('connected_slaves', 0)} connected replica(s) and "
                                         f"writes must reach {self.replicas_to_ack}: they are refused until one connects")
-        except RedisError as exc:
+        except FAILURES as exc:
             problems.append(f"cannot read the persistence settings of {self.url} ({exc}); check them by hand")
         return problems
 
@@ -295,14 +324,60 @@ class RedisStore(Store):
 
     # replicas -------------------------------------------------------------------
     async def confirm(self, applied_epoch: int) -> int:
+        """Heartbeat; with `replicas_to_ack`, it confirms only on a master that its replicas follow.
+
+        The heartbeat's own writes are followed by `WAIT`, as acknowledged writes are: a
+        master that no replica acknowledges cannot acknowledge a ticket, and may be one cut
+        off from the sentinels, who promoted another (its levels are then not the fleet's).
+        Refusing here keeps the replica failing closed until a replica is in sync again,
+        instead of recovering on every heartbeat and failing closed again on the next
+        refused write.
+        """
         now_ms = int(time.time() * 1000)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self._k("replicas"), {self.replica_id: now_ms})
             pipe.hset(self._k("applied"), self.replica_id, applied_epoch)
             pipe.get(self._k("epoch"))
             pipe.zremrangebyscore(self._k("replicas"), 0, now_ms - 3_600_000)
+            if self._waits:
+                pipe.execute_command("WAIT", self.replicas_to_ack, _ms(self._heartbeat_wait))
             result = await self._call(pipe.execute())
+        if self._waits and int(result[4]) < self.replicas_to_ack:
+            raise self._unavailable(f"{self.url}: {result[4]} of the {self.replicas_to_ack} Redis replica(s) that must "
+                                    f"confirm writes follow the master, so nothing can be acknowledged and its state "
+                                    f"is not confirmed")
+        # on the feed too, so this replica's own subscription hears something every heartbeat (a Cluster
+        # pipelines no PUBLISH, hence a call of its own)
+        await self._call(self._redis.publish(self._k("acks"), f"{self.replica_id} {applied_epoch}"))
+        self._check_feed()
         return int(result[2] or 0)
+
+    def _check_feed(self) -> None:
+        """The store answers, yet the feed has not delivered even our own heartbeats: subscribe again.
+
+        A subscription blocks on its connection without a timeout; when its master froze
+        or was cut off (not killed: no reset arrives), it waits forever on the old master
+        while the sentinels promote another, and this replica would hear no change, and
+        no other replica's confirmation, again. Called after each heartbeat that went
+        through, which published on the feed.
+        """
+        silent = time.monotonic() - self._heard
+        if self._listener is None or self._closing or not self._subscribed.is_set() or silent < max(0.5, self.liveness):
+            return
+        log.warning("the change feed of %s delivered nothing for %.1fs while the store answers; subscribing again",
+                    self.url, silent)
+        self._listener.cancel()
+        self._heard = time.monotonic()
+        self._listener = asyncio.create_task(self._listen(resync=True), name="gateway-redis-listener")
+
+    @property
+    def _waits(self) -> bool:
+        return bool(self.replicas_to_ack) and self.target.kind != "cluster"
+
+    @property
+    def _heartbeat_wait(self) -> float:
+        """How long a heartbeat waits for replicas: within its own deadline (two intervals of max_staleness / 4)."""
+        return min(self.ack_timeout, max(0.05, self.liveness / 4))
 
     async def report_applied(self, epoch: int) -> None:
         if epoch > self._acked.get(self.replica_id, 0):
@@ -445,7 +520,7 @@ class RedisStore(Store):
                 if self.replicas_to_ack:
                     pipe.execute_command("WAIT", self.replicas_to_ack, int(self.ack_timeout * 1000))
                 results = await pipe.execute()
-        except RedisError as exc:
+        except FAILURES as exc:
             raise self._unavailable(f"{self.url}: {exc}") from None
         if self.replicas_to_ack:
             acked = int(results.pop())
@@ -458,7 +533,7 @@ class RedisStore(Store):
     async def _call(self, awaitable: Any) -> Any:
         try:
             return await awaitable
-        except RedisError as exc:
+        except FAILURES as exc:
             raise self._unavailable(f"{self.url}: {exc}") from None
 
     def _unavailable(self, message: str) -> StoreUnavailable:
