@@ -16,7 +16,7 @@ from gateway.wiring import Gateway
 log = logging.getLogger("gateway")
 
 # `/v1/...` paths the gateway answers itself instead of routing to a model.
-_CONTROL_V1 = ("/v1/models", "/v1/decisions", "/v1/feedback")
+_CONTROL_V1 = ("/v1/models", "/v1/decisions", "/v1/feedback", "/v1/reports")
 
 
 class GatewayApp:

@@ -320,14 +320,36 @@ class Egress(_Strict):
 
 
 class WebhookTarget(_Strict):
-    """Where incident notifications go: a generic JSON webhook or a Slack-compatible incoming webhook."""
+    """Where incident notifications go: generic JSON, a Slack-compatible incoming webhook, or PagerDuty Events v2.
+
+    Routed by event, severity and role: a target for a command role (`role: incident_commander`)
+    pages that role; one for the incident commander pages on critical and high unless its
+    `severities` say otherwise (seed: "Automatically paged on critical/high severity").
+    """
 
     name: str = Field(pattern=_NAME)
     url: AnyHttpUrl
-    format: Literal["json", "slack"] = "json"
+    format: Literal["json", "slack", "pagerduty"] = "json"
     headers: Headers = Field(default_factory=dict)
-    events: tuple[Literal["detected", "acknowledged", "note", "resolved"], ...] | None = Field(
+    events: tuple[Literal["detected", "acknowledged", "note", "resolved", "assigned"], ...] | None = Field(
         None, description="only these incident events (default: all)")
+    severities: tuple[Literal["low", "medium", "high", "critical"], ...] | None = Field(
+        None, description="only incidents of these severities (default: all; for role incident_commander: critical, high)")
+    role: Literal["incident_commander", "technical_lead", "communications", "compliance"] | None = Field(
+        None, description="the command role this target pages (its messages name who holds the role)")
+    routing_key: str | None = Field(None, description="PagerDuty: the integration's routing key (use ${ENV}); "
+                                    "added when sending, never stored in the outbox")
+
+    @model_validator(mode="after")
+    def _pagerduty_key(self) -> "WebhookTarget":
+        if self.format == "pagerduty" and not self.routing_key:
+            raise ValueError("format pagerduty needs `routing_key` (the Events v2 integration key, e.g. ${PD_ROUTING_KEY})")
+        return self
+
+    def wants(self, severity: str) -> bool:
+        if self.severities is not None:
+            return severity in self.severities
+        return self.role != "incident_commander" or severity in ("critical", "high")
 
 
 DATA_DIR_ENV = "GATEWAY_DATA_DIR"

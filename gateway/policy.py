@@ -62,6 +62,23 @@ class HoldWait(_Strict):
     generic: Seconds | None = Field(None, description="/models routes: then 202 with the ticket (0: at once)")
 
 
+class OutputCheck(_Strict):
+    """A classifier the gateway asks about a model's answers, in the OpenAI moderations shape.
+
+    `POST {url}/v1/moderations` with `{"model", "input"}`, answered `{"results": [{"flagged", ...}]}`:
+    what OpenAI, Llama Guard servers and other moderation servers expose, so any of them fits.
+    """
+
+    url: str = Field(pattern=r"^https?://", description="the classifier's server root; the gateway posts to {url}/v1/moderations")
+    model: str | None = Field(None, description="the `model` field sent to the classifier (e.g. a Llama Guard name)")
+    sample_rate: Rate = Field(1.0, description="fraction of answers checked")
+    blocking: bool = Field(False, description="at level >= 2, check before releasing; a flagged or unchecked answer is held")
+    timeout: Seconds = Field(2.0, gt=0, description="how long one check may take (blocking: then held, fail closed)")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="the environment variable holding the classifier's bearer token, if it "
+                                                "needs one (the policy names the variable, never the secret)")
+
+
 class ModelPolicy(_Strict):
     """Per-model rules; anything left out comes from `defaults`."""
 
@@ -77,6 +94,11 @@ class ModelPolicy(_Strict):
     published_min_accuracy: Rate | None = None
     redact_body: tuple[str, ...] | None = Field(None, description="JSON pointers removed from recorded bodies")
     hold_wait: HoldWait | None = None
+    verification: SmokeTest | None = Field(None, description="the known-good dataset an incident's independent test "
+                                           "runs (default: `smoke`)")
+    subject_pointer: str | None = Field(None, description="JSON pointer to the subject's identifier in the request "
+                                        "(e.g. /applicant/id): named in the affected-individuals report")
+    output_check: OutputCheck | None = Field(None, description="a moderation classifier for the answers; off when unset")
 
 
 # No thresholds are defaulted here: `policies/default.yaml` is where they are written.
@@ -130,6 +152,8 @@ class Trigger(_Strict):
     severity: Severity
     raise_to: Level | None = Field(description="raise the model's level to this (never lowers); null: notify only")
     rollback: bool = Field(False, description="also roll back to the last good version (its checks apply)")
+    retro_review: bool = Field(False, description="also queue the window's recorded decisions for human review")
+    revoke_token: bool = Field(False, description="also revoke the token the finding names (security triggers)")
 
 
 class AccuracyDrop(Trigger):
@@ -177,6 +201,70 @@ class EvidenceCheck(Trigger):
     check_every: Seconds
 
 
+REASONS = ("gibberish", "harmful", "contradiction", "false", "biased", "other")
+"""Why a reviewer found an answer wrong (a verdict's `reason`)."""
+
+
+class OutputQuality(Trigger):
+    """Reviewers' verdicts: the share of reviewed answers found wrong for one of `reasons`."""
+
+    threshold: Rate
+    window: Seconds
+    min_samples: int = Field(ge=1)
+    reasons: tuple[Literal["gibberish", "harmful", "contradiction", "false", "biased", "other"], ...]
+
+
+class OutputCheckTrigger(Trigger):
+    """The output check: the share of checked answers the classifier flagged."""
+
+    threshold: Rate
+    window: Seconds
+    min_samples: int = Field(ge=1)
+
+
+class UserReports(Trigger):
+    """Users' reports: how many distinct callers reported a model's answers."""
+
+    threshold: int = Field(ge=1)
+    window: Seconds
+
+
+class UsersAffected(Trigger):
+    """The share of distinct callers with at least one failed request."""
+
+    threshold: Rate
+    window: Seconds
+    min_users: int = Field(ge=1)
+
+
+class GroupShift(Trigger):
+    """A group's selection rate against the same model's previous window of the same length."""
+
+    threshold: Rate
+    window: Seconds
+    min_per_group: int = Field(ge=1)
+    confidence: float = Field(gt=0, lt=1)
+
+
+class AccuracyGapShift(Trigger):
+    """The gap between groups' accuracy against the previous window's gap."""
+
+    threshold: Rate
+    window: Seconds
+    min_per_group: int = Field(ge=1)
+    confidence: float = Field(gt=0, lt=1)
+
+
+class SuspiciousAccess(Trigger):
+    """One token's volume or breadth against its own baseline."""
+
+    window: Seconds
+    baseline_window: Seconds
+    factor: float = Field(gt=1)
+    min_requests: int = Field(ge=1)
+    min_targets: int = Field(ge=1)
+
+
 class Triggers(_Strict):
     evaluate_every: Seconds
     accuracy_drop: AccuracyDrop
@@ -189,12 +277,34 @@ class Triggers(_Strict):
     integrity: Trigger
     auth_failures: AuthFailures
     evidence: EvidenceCheck
+    output_quality: OutputQuality
+    output_check: OutputCheckTrigger
+    user_reports: UserReports
+    users_affected: UsersAffected
+    group_shift: GroupShift
+    accuracy_gap_shift: AccuracyGapShift
+    suspicious_access: SuspiciousAccess
 
 
 class Notifications(_Strict):
     template: str = Field(description="file in policies/templates/ (Jinja2) the messages are rendered from")
     retry_max_seconds: Seconds
     give_up_after: Seconds
+
+
+class IncidentResponse(_Strict):
+    """What the gateway does for an open incident beyond containment (seed: verification, post-rollback)."""
+
+    verify_on_open: bool = Field(description="run the known-good dataset against the live and the previous version")
+    replica_wait: Seconds = Field(description="how long the verification waits for every replica's figures")
+    post_rollback_watch: Seconds = Field(description="after a rollback: how long the model stays at >= watch_level "
+                                         "before the comparison with the pre-incident baseline is attached")
+    watch_level: Level = Field(description="the level the watch raises the model to (never lowers one)")
+    retro_review_limit: int = Field(ge=1, description="the most decisions one retro-review queues")
+
+
+_INCIDENT_RESPONSE = {"verify_on_open": True, "replica_wait": 2.0, "post_rollback_watch": 3600.0, "watch_level": 1,
+                      "retro_review_limit": 1000}  # as in policies/default.yaml, for policies written before it
 
 
 class Policy(_Strict):
@@ -207,6 +317,7 @@ class Policy(_Strict):
     models: dict[str, ModelPolicy] = Field(default_factory=dict)
     triggers: Triggers
     notifications: Notifications
+    incidents: IncidentResponse = Field(default_factory=lambda: IncidentResponse.model_validate(_INCIDENT_RESPONSE))
     digest: str = Field("", description="SHA-256 of the merged policy, set by the loader")
     folders: tuple[str, ...] = Field((), description="the policy file's folder and those of the files it extends")
 
@@ -275,9 +386,11 @@ def load_policy(path: str | Path) -> Policy:
 
 
 def _resolve_smoke(mp: ModelPolicy, base: Path) -> ModelPolicy:
-    if mp.smoke is None:
-        return mp
-    return mp.model_copy(update={"smoke": mp.smoke.model_copy(update={"dataset": resolve_path(mp.smoke.dataset, base)})})
+    for name in ("smoke", "verification"):
+        test = getattr(mp, name)
+        if test is not None:
+            mp = mp.model_copy(update={name: test.model_copy(update={"dataset": resolve_path(test.dataset, base)})})
+    return mp
 
 
 def _read_with_bases(path: Path, seen: tuple[Path, ...], folders: list[str]) -> dict[str, Any]:

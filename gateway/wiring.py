@@ -26,7 +26,10 @@ from gateway.api.incidents import IncidentsApi
 from gateway.api.models import ModelsApi
 from gateway.api.ops import OpsApi
 from gateway.api.oversight import OversightApi
+from gateway.api.reports import ReportsApi
+from gateway.api.response import IncidentResponseApi
 from gateway.api.review import ReviewApi
+from gateway.api.tokens import TokensApi
 from gateway.api.versions import VersionsApi
 from gateway.auth import TokenTable
 from gateway.background import Background
@@ -41,10 +44,18 @@ from gateway.console.signin import SignIn
 from gateway.console.web import QueueHub
 from gateway.control.seed import seed_first_start
 from gateway.control.state import ControlState
+from gateway.credentials import Credentials
+from gateway.incidents.affected import AffectedReport, as_csv
+from gateway.incidents.retro import RetroReviews
+from gateway.incidents.verification import Verification
+from gateway.incidents.watch import PostRollbackWatch
+from gateway.incidents.window import WindowDecisions
 from gateway.incidents.containment import Containment
 from gateway.incidents.manager import IncidentManager
+from gateway.incidents.moderation import OutputChecks
 from gateway.incidents.monitor import Monitor
 from gateway.incidents.notify import Notifier
+from gateway.incidents.reports import Reports
 from gateway.integrity.gate import IntegrityGate
 from gateway.metrics import Metrics
 from gateway.oversight.levels import LevelControl
@@ -66,6 +77,7 @@ from gateway.recording.evidence import EvidenceRecorder
 from gateway.redaction import header_names
 from gateway.review.queue import ReviewQueue
 from gateway.store import StoreUnavailable, make_store
+from gateway.versions.freeze import DeploymentFreeze
 from gateway.versions.registry import Registry
 from gateway.versions.snapshot import Snapshots
 from gateway.versions.switch import Switcher
@@ -93,12 +105,14 @@ class Gateway:
                          if config.evidence.enabled else None)
         self.recorder: Recorder = self.evidence or NullRecorder()
         self.tokens = TokenTable(config.tokens)
+        self.state.add_listener(self.tokens.on_state_change)  # issued and revoked tokens, from any replica
         self.metrics = Metrics()
         self.catalog = Catalog(config)
         self.metrics.watch_endpoints(self.catalog.endpoints)
 
         # oversight: levels, plans, the serving gate ---------------------------------------------
         self.levels = LevelControl(self.state, self.store, oversight, models, self.recorder)
+        self.credentials = Credentials(self.state, self.tokens, self.recorder, confirm_timeout=oversight.confirm_timeout)
         self.planner = Planner(self.model_policies, record_from=oversight.record_all_from_level)
         self.state.add_listener(self.planner.on_state_change)  # the sampling key, the same on every replica
         self.integrity = IntegrityGate(self.state, self.recorder, reverify_interval=policy.integrity.reverify_interval,
@@ -125,11 +139,17 @@ class Gateway:
         self.incidents = IncidentManager(self.store, self.recorder, containment, self.notifier, triggers=policy.triggers,
                                          models=models, active=self.state.active)
         self.integrity.report_to(self.incidents)  # a version that fails verification is a security incident
+        self.switcher.guard_with(DeploymentFreeze(self.state, self.incidents))  # no deployments while paused
+        containment.revoke_with(self.credentials)  # a security incident's orders may revoke a token
         self.monitor = Monitor(self.store, self.incidents, self.recorder, triggers=policy.triggers,
                                policies=self.model_policies, active=self.state.active, evidence=self.evidence)
 
         # the review queue (reviewers' verdicts are ground truth for the monitor) -------------------
         self.review = ReviewQueue(self.store, policy.review, self.recorder, on_verdict=self.monitor.verdict)
+        # output quality: the models' output checks (off the request path unless blocking), users' reports and appeals
+        self.output_checks = OutputChecks(self.model_policies, self.monitor.counters)
+        self.reports = Reports(self.store, self.recorder, self.review, self.monitor.counters,
+                               request_of=self.monitor.request_of, policy_version=policy.version)
 
         # the data plane: its stages, in request order ---------------------------------------------
         redact = header_names(policy.evidence.redact_headers)
@@ -141,6 +161,8 @@ class Gateway:
         self.state.add_listener(self.inflight.on_state_change)  # a raise on any replica reaches exchanges here
         self.state.add_loss_listener(self.inflight.on_state_lost)  # so does failing closed
         observers: list[Any] = [TrafficMetrics(self.metrics), self.monitor, self.recent]
+        if self.output_checks.checks:
+            observers.append(self.output_checks)
         if config.logging.access_log:
             observers.append(AccessLog(logging.getLogger("gateway.access")))
         self.dataplane = DataPlane(
@@ -152,7 +174,7 @@ class Gateway:
                             confidence={n: p.confidence for n, p in self.model_policies.items()},
                             waits={n: p.hold_wait for n, p in self.model_policies.items()},
                             buffer_limit=config.limits.max_response_buffer_bytes, redact=redact,
-                            policy_version=policy.version),
+                            policy_version=policy.version, checks=self.output_checks),
             recording=recording,
             observers=observers,
             inflight=self.inflight,
@@ -163,6 +185,24 @@ class Gateway:
         # the fleet's evidence: every replica's log in the evidence directory, witnessed by the others
         self.fleet = FleetLogs(self.evidence) if self.evidence else None
         self.witnessing: Witnessing | None = None
+
+        # incident response beyond containment: verification, the post-rollback watch, retro-reviews, who was affected
+        responding = policy.incidents
+        self.window = WindowDecisions(self.fleet, self.model_policies)
+        self.verification = Verification(self.store, self.incidents, self.switcher, self.state, self.window,
+                                         policies=self.model_policies, known=lambda m: list(self.catalog.models[m].versions),
+                                         traffic=self.metrics.summary, replica_wait=responding.replica_wait,
+                                         spawn=self.background.spawn)
+        if responding.verify_on_open:
+            self.incidents.on_open(self.verification.on_open)
+        self.watch = PostRollbackWatch(self.store, self.incidents, self.levels, self.window,
+                                       period=responding.post_rollback_watch, level=responding.watch_level)
+        self.switcher.on_switch(self.watch.after_switch)
+        self.retro = RetroReviews(self.store, self.review, self.incidents, self.window,
+                                  limit=responding.retro_review_limit, policy_version=policy.version)
+        containment.review_with(self.retro)
+        self.affected = AffectedReport(self.window, self.store, self.incidents,
+                                       subject_pointers={n: p.subject_pointer for n, p in self.model_policies.items()})
         evidence_policy = policy.evidence
         catch_up = evidence_policy.checkpoint_interval + 2 * evidence_policy.witness_interval + 1
         exports = (Exports(self.evidence, FleetExport(self.fleet, catch_up=catch_up),
@@ -170,8 +210,10 @@ class Gateway:
                            sampling_key=lambda: self.planner.sampling_key,
                            sample_rates={n: p.sample_rate for n, p in self.model_policies.items()})
                    if self.evidence and self.fleet else None)
+        if exports is not None:
+            exports.incident_reports = self._incident_reports
         body_cap = config.limits.max_control_body_bytes
-        self.sessions = sessions = Sessions(self.store, {t.id: t.all_roles for t in config.tokens})
+        self.sessions = sessions = Sessions(self.store, self.tokens.live_roles())  # a revoked token's sessions end too
         self.hub = hub = QueueHub(self.review)  # the console's live queue events, for every open stream here
         self.control = control_app([
             *OpsApi(self.tokens, self.state, self.catalog, self.metrics, metrics_public=config.metrics.public,
@@ -184,11 +226,15 @@ class Gateway:
             *EvidenceApi(self.tokens, self.evidence, self.fleet, exports, catch_up=evidence_policy.checkpoint_interval + 1,
                          max_body_bytes=body_cap).routes(),
             *IncidentsApi(self.tokens, self.incidents, self.monitor, max_body_bytes=body_cap).routes(),
+            *IncidentResponseApi(self.tokens, self.incidents, self.verification, self.retro, self.affected,
+                                 max_body_bytes=body_cap).routes(),
+            *TokensApi(self.tokens, self.credentials, max_body_bytes=body_cap).routes(),
+            *ReportsApi(self.tokens, self.reports, max_body_bytes=body_cap).routes(),
             *console_routes(
                 SignIn(sessions, hub, self.tokens, self.recorder, refused=self.monitor.refused, max_body_bytes=body_cap),
                 ReviewPages(sessions, hub, self.review, max_body_bytes=body_cap),
                 Dashboard(sessions, self.state, self.levels, self.registry, self.switcher, self.incidents, self.review,
-                          self.monitor.counters, self.store, max_body_bytes=body_cap),
+                          self.monitor.counters, self.store, max_body_bytes=body_cap, retro=self.retro),
             ),
         ])
         self._retention: asyncio.Task[None] | None = None
@@ -209,6 +255,16 @@ class Gateway:
             raise ConfigError([f"{config.policy}: notifications.template: cannot use it: "
                                f"{exc.__class__.__name__}: {exc}"]) from None
         return gateway
+
+    async def _incident_reports(self, incident_id: str) -> dict[str, bytes]:
+        """What an incident's export bundle holds beside its records: who was affected, and the retro-reviews."""
+        import json
+
+        report = await self.affected.build(incident_id)
+        reviews = await self.retro.of_incident(incident_id)
+        return {"affected.json": json.dumps(report, indent=2, default=str).encode() + b"\n",
+                "affected.csv": as_csv(report).encode(),
+                "retro-reviews.json": json.dumps(reviews, indent=2, default=str).encode() + b"\n"}
 
     @property
     def sampling_key(self) -> bytes:
@@ -238,6 +294,8 @@ class Gateway:
         await self.integrity.start()
         await self.monitor.start()
         await self.notifier.start()
+        await self.verification.start()
+        await self.watch.start()
         self.started_at = time.time()
         # Everything loaded so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise rescan it every time (about 40 ms each).
@@ -266,7 +324,10 @@ class Gateway:
 
     async def stop(self) -> None:
         self.background.cancel_all()
+        await self.watch.stop()
+        await self.verification.stop()
         await self.notifier.stop()
+        await self.output_checks.stop()
         await self.monitor.stop()
         await self.integrity.stop()
         await self.review.stop()

@@ -61,3 +61,27 @@ def test_token_new_refuses_a_bad_role_or_id(capsys):
 
 def test_new_tokens_are_unique():
     assert len({new_token()[0] for _ in range(100)}) == 100
+
+
+# tokens changed at run time (gateway.credentials writes them; every replica's table applies them) -----------------
+def test_a_revoked_bootstrap_token_is_refused_by_name_and_its_roles_are_gone():
+    table = _table()
+    table.apply("ops", {"id": "ops", "status": "revoked"})
+    with pytest.raises(Unauthorized, match="'ops' was revoked"):
+        table.identify("Bearer gw_secret_two")
+    assert table.roles_of("ops") is None and "ops" not in table.live_roles() and "ci" in table.live_roles()
+
+
+def test_an_issued_token_is_admitted_until_it_expires_and_never_shadows_a_config_token():
+    table = _table()
+    token, digest = new_token()
+    table.apply("job", {"id": "job", "roles": ["client"], "sha256": digest, "status": "active", "expires_at": None})
+    assert table.identify(f"Bearer {token}").id == "job"
+    table.apply("job", {"id": "job", "roles": ["client"], "sha256": digest, "status": "active", "expires_at": 1.0})
+    with pytest.raises(Unauthorized, match="expired"):
+        table.identify(f"Bearer {token}")
+    other, other_digest = new_token()
+    table.apply("ci", {"id": "ci", "roles": ["operator"], "sha256": other_digest, "status": "active"})
+    with pytest.raises(Unauthorized, match="unknown token"):
+        table.identify(f"Bearer {other}")  # a stored document cannot give a config token's id a new secret
+    assert table.identify("Bearer gw_secret_one").roles == {"client"}

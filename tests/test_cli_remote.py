@@ -260,9 +260,10 @@ async def test_review_list_show_and_decide(gw, cli):
     assert (await _ticket(gw, second))["status"] == "pending"
 
     r = await cli("review", "decide", second, "override", "--response", '{"decision": "deny", "score": 0.1}', "--json",
-                  *url, token="reviewer")
+                  "--reason", "false", *url, token="reviewer")
     assert r.code == 0 and r.err == ""
     assert json.loads(r.out)["decision"]["action"] == "override"
+    assert json.loads(r.out)["decision"]["reason"] == "false"  # why the model's answer was wrong
     overridden = await _ticket(gw, second)
     assert overridden["status"] == "decided" and overridden["decision"]["response"] == {"decision": "deny", "score": 0.1}
     outcome = await gw.client.get(f"/v1/decisions/{second}", headers=auth("client"))

@@ -35,7 +35,7 @@ class DecisionsApi:
             ticket = await self.queue.get(ticket_id)
         except NotFound:
             ticket = None
-        if ticket is None or ticket.kind == "sample" or (ticket.caller != who.id and not who.has("operator")):
+        if ticket is None or ticket.kind in ("sample", "appeal") or (ticket.caller != who.id and not who.has("operator")):
             raise NotFound(f"no decision {ticket_id!r} for {who.id}")  # the same answer whether it exists or not
         if ticket.pending:
             prefer = parse_prefer(request.headers.raw)

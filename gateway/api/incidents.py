@@ -26,6 +26,7 @@ class NewIncident(ControlBody):
     summary: str = Field(min_length=1, max_length=4000)
     model: str | None = None
     raise_to: int | None = Field(None, ge=0, le=4)
+    revoke_token: str | None = Field(None, min_length=1, max_length=64, description="a token id to revoke at once")
 
 
 class Note(ControlBody):
@@ -78,7 +79,8 @@ class IncidentsApi:
         who = caller(request, self.callers, "operator")
         body = await body_as(request, NewIncident, limit=self.max_body_bytes)
         incident = await self.incidents.open_by_hand(category=body.category, severity=body.severity, model=body.model,
-                                                     summary=body.summary, actor=who.id, raise_to=body.raise_to)
+                                                     summary=body.summary, actor=who.id, raise_to=body.raise_to,
+                                                     revoke_token=body.revoke_token)
         return ok(incident.to_doc(), status=201)
 
     async def acknowledge(self, request: Request) -> Response:

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     de.add_argument("ticket")
     de.add_argument("decision", choices=("approve", "override", "reject", "agree", "disagree"))
     de.add_argument("--note", default="")
+    de.add_argument("--reason", choices=("gibberish", "harmful", "contradiction", "false", "biased", "other"),
+                    help="why the answer was wrong (disagree, override, reject): counts towards output-quality incidents")
     de.add_argument("--response", help="override: the answer the client receives, as JSON")
     add_remote_arguments(de)
     de.set_defaults(func=_decide)
@@ -50,6 +52,8 @@ def _show(args: argparse.Namespace) -> int:
 
 def _decide(args: argparse.Namespace) -> int:
     body: dict = {"note": args.note}
+    if args.reason is not None:
+        body["reason"] = args.reason
     if args.decision in ("agree", "disagree"):
         body["verdict"] = args.decision
     else:

@@ -20,7 +20,9 @@ from gateway.control.state import ControlState
 from gateway.errors import BadRequest
 from gateway.incidents import signals
 from gateway.incidents.counters import TrafficCounters
+from gateway.incidents.reports import report_counts
 from gateway.incidents.manager import IncidentManager
+from gateway.incidents.records import ROLES
 from gateway.oversight.levels import LevelControl
 from gateway.review.queue import ReviewQueue
 from gateway.review.tickets import PENDING
@@ -109,8 +111,9 @@ def _applied(result: dict[str, Any]) -> str:
 class Dashboard:
     def __init__(self, sessions: Sessions, state: ControlState, levels: LevelControl, registry: Registry,
                  switcher: Switcher, incidents: IncidentManager, queue: ReviewQueue, counters: TrafficCounters,
-                 audit: AuditTrail, *, max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES) -> None:
+                 audit: AuditTrail, *, max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES, retro: Any = None) -> None:
         self.sessions = sessions
+        self.retro = retro  # retro-reviews' progress per incident (gateway.incidents.retro)
         self.max_body_bytes = max_body_bytes
         self.state = state
         self.levels = levels
@@ -132,6 +135,7 @@ class Dashboard:
             Route("/console/incidents/{id}/ack", self.acknowledge, methods=["POST"]),
             Route("/console/incidents/{id}/notes", self.add_note, methods=["POST"]),
             Route("/console/incidents/{id}/resolve", self.resolve, methods=["POST"]),
+            Route("/console/incidents/{id}/roles", self.assign_role, methods=["POST"]),
         ]
 
     async def overview(self) -> dict[str, Any]:
@@ -152,13 +156,16 @@ class Dashboard:
                 "queue": len(waiting), "samples": sum(1 for t in waiting if t.kind == "sample"),
                 "history": (await self.switcher.history(name))[:HISTORY_SHOWN], "earlier": earlier,
                 "chart": chart(await minute_traffic(self.counters, name, versions)),
+                "reports": await report_counts(self.counters, name, active),  # users' reports, last 24 h
             })
         glevel, gdoc = self.levels.current(None)
         incidents = await self.incidents.list("open") + await self.incidents.list("acknowledged")
         incidents.sort(key=lambda i: i.opened_at, reverse=True)
         return {
             "global_level": glevel, "global_doc": gdoc or {}, "models": models, "approvals": await self.levels.pending(),
-            "incidents": [i.to_doc() for i in incidents], "audit": await self.audit.audit_log(limit=50),
+            "incidents": [{**i.to_doc(), "retro_reviews": await self.retro.of_incident(i.id) if self.retro else []}
+                          for i in incidents],
+            "incident_roles": ROLES, "audit": await self.audit.audit_log(limit=50),
             "stale": self.state.is_stale(),
         }
 
@@ -230,6 +237,13 @@ class Dashboard:
         note = field(form, "note", required=True, max_length=4000, what="the note")
         incident = await self.incidents.note(request.path_params["id"], actor=session.caller, text=note)
         return Outcome(f"Note added to {incident.id}.", incident.to_doc(), back="/console")
+
+    @action("operator")
+    async def assign_role(self, request: Request, session: Session, form) -> Outcome:
+        role = field(form, "role", required=True, max_length=64, what="the role")
+        who = field(form, "who", required=True, max_length=200, what="who takes the role")
+        incident = await self.incidents.assign(request.path_params["id"], role=role, who=who, actor=session.caller)
+        return Outcome(f"{incident.id}: {role.replace('_', ' ')} is {who}.", incident.to_doc(), back="/console")
 
     @action("operator")
     async def resolve(self, request: Request, session: Session, form) -> Outcome:

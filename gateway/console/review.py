@@ -34,11 +34,12 @@ from gateway.console.web import (
     render,
 )
 from gateway.errors import BadRequest, NotFound
+from gateway.policy import REASONS
 from gateway.review.queue import ReviewQueue
 from gateway.review.tickets import PENDING, DecisionIn, public_view
 
 QUEUE_LIMIT = 200
-KINDS = ("hold", "human", "sample")
+KINDS = ("hold", "human", "sample", "appeal")
 
 
 def _kind(request: Request) -> str | None:
@@ -73,6 +74,9 @@ def decision_from(form) -> DecisionIn:
     """A `DecisionIn` from the console's form, or a 400 that says what is wrong."""
     choice = field(form, "decision", required=True, what="the decision")
     data: dict[str, Any] = {"note": field(form, "note", max_length=4000, what="the note")}
+    reason = field(form, "reason", what="the reason")
+    if reason:
+        data["reason"] = reason  # checked against gateway.policy.REASONS by DecisionIn
     if choice in _VERDICTS:
         data["verdict"] = choice
     elif choice in _ACTIONS:
@@ -173,7 +177,7 @@ class ReviewPages:
         return render(request, "ticket.html", {
             "title": f"Ticket {ticket['id']}", "ticket": ticket, "request_body": request_body,
             "recommendation": recommendation, "recommendation_body": recommendation_body, "override": override,
-            "can_decide": can_decide, "own_request": ticket["caller"] == session.caller,
+            "can_decide": can_decide, "own_request": ticket["caller"] == session.caller, "reasons": REASONS,
             "can_release": ticket["status"] == PENDING and ticket.get("claimed_by")
                            and (ticket["claimed_by"] == session.caller or session.has("operator")),
         }, session=session)

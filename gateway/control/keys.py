@@ -17,6 +17,7 @@ _MODEL_LEVEL = "level/model/"
 _ACTIVE = "active/"
 _VERIFICATION = "verify/"
 _REGISTRATION = "version/"
+TOKENS = "token/"  # prefix of every credential document (tokens issued or revoked at run time)
 
 
 def level(model: str | None) -> str:
@@ -37,6 +38,11 @@ def verification(model: str, version: str) -> str:
 def registration(model: str, version: str) -> str:
     """A version's registry entry (where it lives, who added it)."""
     return f"{_REGISTRATION}{model}/{version}"
+
+
+def token(token_id: str) -> str:
+    """A credential's run-time state: issued here (its hash, roles, expiry) or revoked (a bootstrap token too)."""
+    return TOKENS + token_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +72,12 @@ class Sampling:
     pass
 
 
-Key = Level | Active | Verification | Registration | Sampling
+@dataclass(frozen=True, slots=True)
+class Token:
+    id: str
+
+
+Key = Level | Active | Verification | Registration | Sampling | Token
 
 
 def parse(key: str) -> Key | None:
@@ -79,6 +90,8 @@ def parse(key: str) -> Key | None:
         return Active(key[len(_ACTIVE):])
     if key == SAMPLING:
         return Sampling()
+    if key.startswith(TOKENS) and len(key) > len(TOKENS):
+        return Token(key[len(TOKENS):])
     for prefix, kind in ((_VERIFICATION, Verification), (_REGISTRATION, Registration)):
         if key.startswith(prefix):
             model, sep, version = key[len(prefix):].rpartition("/")  # versions never hold a "/"; models may

@@ -1,6 +1,6 @@
 """The demo model as a pure ASGI application: one dict lookup per request, stdlib json.
 
-Inference endpoints (`POST /v1/chat/completions`, `POST /predict`) go through the
+Inference endpoints (`POST /v1/chat/completions`, `POST /predict`, `POST /v1/moderations`) go through the
 failure switches in this order: latency, hang, reset, fail_rate. The other
 endpoints (`/health`, `/v1/models`, `/_demo/*`) always answer at once.
 """
@@ -125,6 +125,7 @@ class DemoApp:
         self._routes: dict[str, dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]]] = {
             "/v1/chat/completions": {"POST": self._chat},
             "/predict": {"POST": self._predict},
+            "/v1/moderations": {"POST": self._moderations},
             "/v1/models": {"GET": self._models},
             "/health": {"GET": self._health},
             "/_demo/state": {"GET": self._state},
@@ -327,6 +328,15 @@ class DemoApp:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
+
+    async def _moderations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._inference("/v1/moderations", self._moderation_answer, scope, receive, send)
+
+    async def _moderation_answer(self, doc: Any, confidence: float, receive: Receive, send: Send, watcher) -> None:
+        """A classifier in the OpenAI moderations shape (what Llama Guard servers expose too)."""
+        results = [model.moderate(text) for text in model.moderation_inputs(doc)]
+        await send_json(send, 200, {"id": f"modr-demo-{next(self._ids):06d}", "model": doc.get("model") or "demo-moderation",
+                                    "results": results})
 
     # ------------------------------------------------------------ the rest
 

@@ -113,3 +113,31 @@ def decide(applicant: dict[str, Any], approval_rate: float, skew: dict[str, floa
     group = applicant.get("group")
     rate = approval_rate if group is None else skew.get(str(group), approval_rate)
     return ("approve" if applicant_score(applicant) < rate else "deny"), group
+
+
+# ---------------------------------------------------------------- moderation
+
+# Words the demo classifier flags, and the OpenAI moderation category each one stands for.
+# The demo's chat answers quote the prompt, so a prompt with one of them yields a flagged answer.
+FLAGGED_TERMS = {"harmful": "harassment", "toxic": "hate", "violent": "violence"}
+MODERATION_CATEGORIES = ("harassment", "hate", "violence", "self-harm", "sexual")
+
+
+def moderation_inputs(doc: Any) -> list[str]:
+    """The texts of a moderations request: `input` as a string or a list of strings (the OpenAI shape)."""
+    if not isinstance(doc, dict) or "input" not in doc:
+        raise BadRequest("request body must be {\"input\": text or [texts]}")
+    value = doc["input"]
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise BadRequest("'input' must be a string or a non-empty list of strings")
+
+
+def moderate(text: str) -> dict[str, Any]:
+    """One moderation result in the OpenAI shape: flagged when the text holds one of `FLAGGED_TERMS`."""
+    words = {w.strip(".,;:!?\"'()").lower() for w in text.split()}
+    hits = {FLAGGED_TERMS[w] for w in words if w in FLAGGED_TERMS}
+    return {"flagged": bool(hits), "categories": {c: c in hits for c in MODERATION_CATEGORIES},
+            "category_scores": {c: (0.99 if c in hits else 0.01) for c in MODERATION_CATEGORIES}}

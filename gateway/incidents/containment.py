@@ -34,6 +34,15 @@ class LegalHolds(Protocol):
     def set_legal_hold(self, hold_id: str, since: float | None, until: float | None, reason: str, actor: str) -> int: ...
 
 
+class Revoker(Protocol):
+    async def revoke(self, token_id: str, *, actor: str, reason: str) -> dict[str, Any]: ...
+
+
+class RetroReview(Protocol):
+    async def start(self, incident_id: str, *, group: str | None, outcome: str | None, actor: str,
+                    reason: str) -> dict[str, Any]: ...
+
+
 class ActionRecorder(Protocol):
     async def action(self, kind: str, *, actor: str, reason: str, **details: Any) -> int | None: ...
 
@@ -54,11 +63,21 @@ class Containment:
         self.snapshots = snapshots
         self.holds = holds
         self.recorder = recorder
+        self.revoker: Revoker | None = None
+        self.retro: RetroReview | None = None
+
+    def revoke_with(self, revoker: Revoker) -> None:
+        self.revoker = revoker
+
+    def review_with(self, retro: RetroReview) -> None:
+        self.retro = retro
 
     def steps(self, incident: Incident, orders: Orders) -> list[tuple[str, Any]]:
         """The containment steps for `incident`, in order, as (name, awaitable) pairs."""
         actor = f"incident:{incident.id}"
         steps: list[tuple[str, Any]] = []
+        if orders.revoke_token is not None:  # first: "revoke compromised credentials immediately"
+            steps.append(("revoke credentials", self._revoke(orders.revoke_token, actor, incident)))
         if orders.raise_to is not None:
             steps.append(("raise level", self._raise(incident.model, orders.raise_to, actor, incident.summary)))
         steps.append((HOLD_STEP, self._hold(incident, actor)))
@@ -66,7 +85,24 @@ class Containment:
             steps.append(("snapshot", self._snapshot(incident, actor)))
             if orders.rollback:
                 steps.append(("rollback", self._rollback(incident, actor)))
+            if orders.retro_review:
+                steps.append(("retro-review", self._retro(incident, actor)))
         return steps
+
+    async def _revoke(self, token_id: str, actor: str, incident: Incident) -> str:
+        if self.revoker is None:
+            raise RuntimeError("no credential store to revoke with")
+        result = await self.revoker.revoke(token_id, actor=actor, reason=f"incident {incident.id}: {incident.summary}")
+        if result.get("already"):
+            return f"token {token_id} was already revoked"
+        return f"token {token_id} revoked (applied by {result.get('applied_by')}/{result.get('replicas')})"
+
+    async def _retro(self, incident: Incident, actor: str) -> str:
+        if self.retro is None:
+            raise RuntimeError("no review queue to retro-review with")
+        result = await self.retro.start(incident.id, group=None, outcome=None, actor=actor,
+                                        reason="the trigger's orders: audit the window's decisions")
+        return f"{result['total']} decision(s) queued for retro-review ({result['id']})"
 
     async def _raise(self, model: str | None, level: int, actor: str, reason: str) -> str:
         current, _ = self.levels.current(model)

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
 from gateway.incidents.containment import HOLD_STEP, Containment, hold_id
-from gateway.incidents.records import ACKNOWLEDGED, CATEGORIES, OPEN, RESOLVED, SEVERITIES, ActionTaken, Event, Incident
+from gateway.incidents.records import (ACKNOWLEDGED, CATEGORIES, OPEN, RESOLVED, ROLES, SEVERITIES, ActionTaken, Event,
+                                       Incident)
 from gateway.incidents.sink import Detection, Orders
 from gateway.policy import Triggers
 from gateway.recorder import Recorder
@@ -46,6 +47,11 @@ class IncidentManager:
         self.triggers = triggers
         self.models = models
         self.active = active
+        self._on_open: list[Callable[[Incident], Any]] = []
+
+    def on_open(self, follow_up: Callable[[Incident], Any]) -> None:
+        """Called with each incident this replica opened, once contained (e.g. to start its verification)."""
+        self._on_open.append(follow_up)
 
     # IncidentSink ----------------------------------------------------------------------
     async def raise_incident(self, detection: Detection) -> Incident:
@@ -80,18 +86,36 @@ class IncidentManager:
                                    category=incident.category, trigger=incident.trigger, severity=incident.severity,
                                    model=incident.model, version=incident.version, values=incident.values)
         await self._contain(incident, self._orders(detection))
-        return await self.get(incident.id)
+        opened = await self.get(incident.id)
+        for follow_up in self._on_open:
+            try:
+                follow_up(opened)
+            except Exception:
+                log.exception("incident %s: a follow-up failed to start", incident.id)
+        return opened
 
     def _orders(self, detection: Detection) -> Orders:
-        """The finder's orders, or else the trigger's policy (a trigger the policy does not name: notify only)."""
-        if detection.orders is not None:
-            return detection.orders
+        """The finder's orders, or else the trigger's policy (a trigger the policy does not name: notify only).
+
+        The trigger's policy adds what a finder does not decide: a retro-review of the window,
+        and revoking the token the finding names (`values.token`).
+        """
         configured = getattr(self.triggers, detection.trigger, None)
-        return Orders(configured.raise_to, configured.rollback) if configured is not None else Orders()
+        if detection.orders is not None:
+            orders = detection.orders
+        elif configured is None:
+            return Orders()
+        else:
+            orders = Orders(configured.raise_to, configured.rollback)
+        if configured is not None:
+            named = detection.values.get("token") if getattr(configured, "revoke_token", False) else None
+            orders = replace(orders, retro_review=orders.retro_review or getattr(configured, "retro_review", False),
+                             revoke_token=orders.revoke_token or (str(named) if named else None))
+        return orders
 
     # operators -------------------------------------------------------------------------
     async def open_by_hand(self, *, category: str, severity: str, model: str | None, summary: str, actor: str,
-                           raise_to: int | None) -> Incident:
+                           raise_to: int | None, revoke_token: str | None = None) -> Incident:
         if category not in CATEGORIES:
             raise BadRequest(f"category must be one of {', '.join(CATEGORIES)}")
         if severity not in SEVERITIES:
@@ -100,7 +124,8 @@ class IncidentManager:
             raise NotFound(f"unknown model {model!r}")
         return await self.raise_incident(Detection(
             category=category, trigger=f"manual-{os.urandom(3).hex()}", severity=severity, summary=summary, model=model,
-            version=self.active.get(model) if model else None, orders=Orders(raise_to, False), actor=actor,
+            version=self.active.get(model) if model else None, orders=Orders(raise_to, False, revoke_token=revoke_token),
+            actor=actor,
         ))
 
     async def acknowledge(self, incident_id: str, *, actor: str, note: str | None) -> Incident:
@@ -130,6 +155,43 @@ class IncidentManager:
         except Exception:
             log.exception("could not release the cause of incident %s", incident_id)
         return incident
+
+    async def assign(self, incident_id: str, *, role: str, who: str, actor: str) -> Incident:
+        """Give one of the command roles to a person; notifies the targets routed to that role."""
+        if role not in ROLES:
+            raise BadRequest(f"role must be one of {', '.join(ROLES)} (got {role!r})")
+        if not who.strip():
+            raise BadRequest("name who takes the role (`who`)")
+        now = time.time()
+
+        def change(incident: Incident, event: Event) -> Incident:
+            return incident.with_event(event, roles={**incident.roles, role: {"who": who, "by": actor, "at": now}})
+        return await self._event(incident_id, change, Event(now, "assigned", actor, f"{role}: {who}",
+                                                            {"role": role, "who": who}))
+
+    async def add_event(self, incident_id: str, event: Event) -> Incident:
+        """Put a finding on an incident's timeline (verification, watch, retro-review), and into the evidence log."""
+        incident = await self._update(incident_id, lambda i: i.with_event(event))
+        await self.recorder.action(f"incident_{event.type}", actor=event.by, reason=event.text or event.type,
+                                   incident=incident_id, model=incident.model, values=event.values)
+        return incident
+
+    async def open_critical(self, model: str) -> list[str]:
+        """Ids of the critical incidents open or acknowledged for `model`."""
+        found = []
+        for status in (OPEN, ACKNOWLEDGED):
+            for doc in await self.store.query(INCIDENTS, where={"status": status}, limit=1000):
+                if doc.get("severity") == "critical" and doc.get("model") == model:
+                    found.append(doc["id"])
+        return found
+
+    async def open_for_model(self, model: str) -> list[Incident]:
+        """The incidents not yet resolved for `model`, newest first."""
+        out = []
+        for status in (OPEN, ACKNOWLEDGED):
+            out += [Incident.from_doc(d) for d in await self.store.query(INCIDENTS, where={"status": status}, limit=1000)
+                    if d.get("model") == model]
+        return sorted(out, key=lambda i: -i.opened_at)
 
     async def get(self, incident_id: str) -> Incident:
         doc = await self.store.get(INCIDENTS, incident_id)

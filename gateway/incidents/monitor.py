@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gateway.background import every
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.evidence import EvidenceLog, TailCheck
-from gateway.incidents import signals
+from gateway.incidents import access, outputs, reach, shifts, signals
 from gateway.incidents.counters import MINUTE, TrafficCounters
 from gateway.incidents.sink import Detection, IncidentSink, Orders
 from gateway.oversight.confidence import resolve_pointer
@@ -66,8 +66,13 @@ class Monitor:
         if ex.error_type in ("unauthorized", "forbidden"):
             self.counters.refused(ex.caller.id if ex.caller else ex.client_addr)
             return
+        if ex.caller is not None:  # each token against its own normal (suspicious access, extraction)
+            self.counters.accessed(ex.caller.id, _target(ex))
         if not ex.version or ex.disconnected:
             return
+        body_user = ex.v1.doc.get("user") if ex.v1 is not None and isinstance(ex.v1.doc, dict) else None
+        self.counters.served(ex.model, ex.version, reach.user_of(ex.caller.id if ex.caller else None, ex.client_addr, body_user),
+                             failed=ex.upstream_error is not None or ex.status >= 500 or ex.status == 0)
         called = ex.upstream_seconds > 0 or ex.upstream_error is not None
         if not called:
             return  # not sent to the model (held at level 4, refused by the integrity gate, ...)
@@ -125,6 +130,14 @@ class Monitor:
             self.counters.feedback(ticket.model, ticket.version, correct=True)
         elif kind in ("disagree", "override"):
             self.counters.feedback(ticket.model, ticket.version, correct=False)
+        if ticket.recommendation is not None or ticket.kind == "appeal":  # a model answer was judged (output quality)
+            self.counters.reviewed(ticket.model, ticket.version, wrong=kind in ("disagree", "override", "reject"),
+                                   reason=decision.reason)
+
+    async def request_of(self, request_id: str) -> dict[str, Any] | None:
+        """Who made a request, on which model and version, while its model's feedback window lasts (reports)."""
+        await self._flush_stubs()
+        return await self.store.recall(DECISIONS, request_id)
 
     # running -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -180,10 +193,24 @@ class Monitor:
                 finding = await check(model, version)
                 if finding is not None:
                     fired.append(await self._open(model, version, *finding))
-        finding = await self._auth_failures()
-        if finding is not None:
-            fired.append(await self._open(None, None, *finding))
+            for finding in await self._kept_apart(model, version):
+                fired.append(await self._open(model, version, *finding))
+        for finding in (await self._auth_failures(), await access.suspicious_access(self.counters, self.triggers.suspicious_access)):
+            if finding is not None:
+                fired.append(await self._open(None, None, *finding))
         return fired
+
+    async def _kept_apart(self, model: str, version: str) -> list[tuple]:
+        """What the triggers in their own modules found: output quality, users affected, sudden shifts."""
+        c, t = self.counters, self.triggers
+        found = [await outputs.reviewed(c, t.output_quality, model, version),
+                 await outputs.checked(c, t.output_check, model, version),
+                 await outputs.reports(c, t.user_reports, model, version),
+                 await reach.users_affected(c, t.users_affected, model, version)]
+        if self.policies[model].fairness is not None:  # groups are known only where the policy names them
+            found += [await shifts.group_shift(c, t.group_shift, model, version),
+                      await shifts.accuracy_gap_shift(c, t.accuracy_gap_shift, model, version)]
+        return [f for f in found if f is not None]
 
     async def _open(self, model, version, trigger_name: str, category: str, summary: str, values: dict[str, Any],
                     window: float) -> dict[str, Any]:
@@ -287,6 +314,12 @@ class Monitor:
             return None
         return ("auth_failures", "security", f"{int(count)} refused credentials from {source} within {t.window:g} s",
                 {"source": source, "refusals": count}, t.window)
+
+
+def _target(ex: "Exchange") -> str:
+    """What a request asked for, for a token's breadth: method, model and path (no query)."""
+    path = ex.target.split(b"?", 1)[0][:200].decode("latin-1")
+    return f"{ex.method} {ex.model or '-'} {path}"
 
 
 def _group_and_outcome(fairness, request_body: bytes, response_body: bytes) -> tuple[str | None, Any]:

@@ -6,6 +6,10 @@ replicas saw the event. A sender claims a message with a lease, posts it, and ma
 sent; a failure is retried with growing pauses, a crash mid-send is picked up when the
 lease lapses. Receivers get `Idempotency-Key` to drop the rare second delivery that a
 crash between sending and marking can cause.
+
+Targets are routed by event, severity and command role (`WebhookTarget.wants`); a role's
+target learns who holds the role. Formats: generic JSON, Slack, PagerDuty Events v2
+(`gateway.incidents.pagerduty`), whose routing key is added at send time only.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import httpx
 import jinja2
 
 from gateway.config import WebhookTarget
+from gateway.incidents.pagerduty import pagerduty_event
 from gateway.incidents.records import Incident
 from gateway.policy import Notifications
 from gateway.store import Collections, StaleWrite, StoreUnavailable
@@ -66,7 +71,7 @@ class Notifier:
     # writing -------------------------------------------------------------------------
     async def enqueue(self, incident: Incident, event: str, *, note: str | None = None, by: str | None = None) -> int:
         """Put one message per target in the outbox for this incident event; returns how many are new."""
-        targets = [t for t in self.targets if not t.events or event in t.events]
+        targets = [t for t in self.targets if (not t.events or event in t.events) and t.wants(incident.severity)]
         if not targets:
             return 0
         sequence = incident.count(event)
@@ -74,8 +79,14 @@ class Notifier:
         added = 0
         for target in targets:
             message_id = f"{incident.id}:{event}:{sequence}:{target.name}"
-            payload = ({"text": text} if target.format == "slack"
-                       else {"event": event, "incident": _public(incident), "text": text})
+            if target.format == "slack":
+                payload: dict[str, Any] = {"text": text}
+            elif target.format == "pagerduty":
+                payload = pagerduty_event(incident, event, text, role=target.role)
+            else:
+                payload = {"event": event, "incident": _public(incident), "text": text}
+                if target.role:
+                    payload["role"] = {"name": target.role, **incident.roles.get(target.role, {"who": None})}
             doc = {"id": message_id, "status": PENDING, "target": target.name, "incident": incident.id, "event": event,
                    "payload": payload, "attempts": 0, "created_at": time.time(), "next_at": 0.0, "lease_until": 0.0,
                    "last_error": None, "sent_at": None}
@@ -143,7 +154,10 @@ class Notifier:
             return await self._settle(message, FAILED, error=f"target {message['target']!r} is no longer configured")
         try:
             assert self._client is not None
-            response = await self._client.post(str(target.url), json=message["payload"],
+            payload = message["payload"]
+            if target.format == "pagerduty":  # the key is a secret: it lives in the config, never in the outbox
+                payload = {**payload, "routing_key": target.routing_key}
+            response = await self._client.post(str(target.url), json=payload,
                                                headers={**target.headers, "idempotency-key": message["id"]})
             if 200 <= response.status_code < 300:
                 return await self._settle(message, SENT)
@@ -178,7 +192,7 @@ class Notifier:
 def _public(incident: Incident) -> dict[str, Any]:
     doc = incident.to_doc()
     return {k: doc.get(k) for k in ("id", "status", "category", "trigger", "severity", "model", "version", "summary",
-                                    "values", "window", "opened_at", "actions", "hold")}
+                                    "values", "window", "opened_at", "actions", "hold", "roles")}
 
 
 def _scope(incident: Incident) -> str:

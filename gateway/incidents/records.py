@@ -12,6 +12,8 @@ from typing import Any
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
 CATEGORIES = ("performance", "bias", "security", "availability", "other")
 SEVERITIES = ("low", "medium", "high", "critical")
+# The seed's incident command structure; each role is assigned to a person (or a team) by name.
+ROLES = ("incident_commander", "technical_lead", "communications", "compliance")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,7 @@ class Incident:
     resolved_by: str | None = None
     resolved_at: float | None = None
     resolution: str | None = None
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> {"who", "by", "at"}
     extra: dict[str, Any] = field(default_factory=dict)  # fields of a newer gateway, kept as they are
 
     @property
@@ -100,6 +103,7 @@ class Incident:
             "summary": self.summary, "values": self.values, "window": {"since": self.since, "until": self.until},
             "opened_at": self.opened_at, "opened_by": self.opened_by, "timeline": [e.to_doc() for e in self.timeline],
             "actions": [a.to_doc() for a in self.actions], "hold": self.hold, "updated": self.updated,
+            "roles": dict(self.roles),
         }
         for name in ("acknowledged_by", "acknowledged_at", "resolved_by", "resolved_at", "resolution"):
             value = getattr(self, name)
@@ -111,7 +115,7 @@ class Incident:
     def from_doc(cls, doc: dict[str, Any]) -> "Incident":
         known = {"id", "cause", "status", "category", "trigger", "severity", "model", "version", "summary", "values",
                  "window", "opened_at", "opened_by", "timeline", "actions", "hold", "updated", "acknowledged_by",
-                 "acknowledged_at", "resolved_by", "resolved_at", "resolution"}
+                 "acknowledged_at", "resolved_by", "resolved_at", "resolution", "roles"}
         window = doc.get("window") or {}
         return cls(
             doc["id"], doc["cause"], doc["status"], doc["category"], doc["trigger"], doc["severity"], doc.get("model"),
@@ -121,5 +125,5 @@ class Incident:
             tuple(Event.from_doc(e) for e in doc.get("timeline", ())),
             tuple(ActionTaken.from_doc(a) for a in doc.get("actions", ())), doc.get("hold"), int(doc.get("updated", 0)),
             doc.get("acknowledged_by"), doc.get("acknowledged_at"), doc.get("resolved_by"), doc.get("resolved_at"),
-            doc.get("resolution"), {k: v for k, v in doc.items() if k not in known},
+            doc.get("resolution"), dict(doc.get("roles") or {}), {k: v for k, v in doc.items() if k not in known},
         )

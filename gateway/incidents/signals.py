@@ -110,3 +110,95 @@ def fnr_gap(counts: dict[str, float], *, min_per_group: int) -> tuple[float, dic
     if len(groups) < 2:
         return None
     return max(groups.values()) - min(groups.values()), groups
+
+
+# shifts against the previous window ------------------------------------------------------
+def _z(confidence: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def wilson(hits: float, n: float, z: float) -> tuple[float, float]:
+    """Wilson's score interval for a proportion (stays inside [0, 1], sound near 0 and 1)."""
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def difference_interval(x1: float, n1: float, x2: float, n2: float, *, confidence: float) -> tuple[float, float, float]:
+    """p1 - p2 and Newcombe's interval for it (method 10: from the two Wilson intervals)."""
+    z = _z(confidence)
+    p1, p2 = x1 / n1, x2 / n2
+    l1, u1 = wilson(x1, n1, z)
+    l2, u2 = wilson(x2, n2, z)
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return d, low, high
+
+
+def near_end(low: float, high: float) -> float:
+    """How far from zero an interval certainly is: 0 when it contains zero, else its end nearest zero (in size)."""
+    if low <= 0 <= high:
+        return 0.0
+    return min(abs(low), abs(high))
+
+
+@dataclass(frozen=True)
+class Shift:
+    group: str
+    before: float
+    now: float
+    change: float  # now - before
+    certain: float  # the size of change its interval is sure of (the end nearest zero)
+    counts: tuple[int, int]  # (before, now)
+
+
+def group_shifts(now: dict[str, float], before: dict[str, float], prefix: str, *, min_per_group: int,
+                 confidence: float) -> list[Shift]:
+    """Per group with enough data in both windows: its rate's change, and how much of it the interval is sure of."""
+    current, earlier = groups_in(now, prefix), groups_in(before, prefix)
+    shifts = []
+    for group, (n2, x2) in current.items():
+        if group not in earlier:
+            continue
+        n1, x1 = earlier[group]
+        if n1 < min_per_group or n2 < min_per_group:
+            continue
+        d, low, high = difference_interval(x2, n2, x1, n1, confidence=confidence)
+        shifts.append(Shift(group, x1 / n1, x2 / n2, d, near_end(low, high), (int(n1), int(n2))))
+    return sorted(shifts, key=lambda s: -s.certain)
+
+
+@dataclass(frozen=True)
+class GapShift:
+    before: float  # the widest gap between groups' rates in the previous window
+    now: float
+    widening: float  # now - before
+    certain: float  # the lower end of the widening's interval (0 when it may not have widened)
+    groups: tuple[str, str]  # the groups furthest apart now (lowest, highest)
+
+
+def gap_shift(now: dict[str, float], before: dict[str, float], prefix: str, *, min_per_group: int,
+              confidence: float) -> GapShift | None:
+    """How much the gap between the groups furthest apart now has widened since the previous window.
+
+    The same two groups are compared in both windows; the interval is Wald's for a
+    difference of two differences (four independent proportions).
+    """
+    current = {g: v for g, v in groups_in(now, prefix).items() if v[0] >= min_per_group}
+    earlier = {g: v for g, v in groups_in(before, prefix).items() if v[0] >= min_per_group}
+    both = [g for g in current if g in earlier]
+    if len(both) < 2:
+        return None
+    rate = lambda pair: pair[1] / pair[0]  # noqa: E731
+    low, high = min(both, key=lambda g: rate(current[g])), max(both, key=lambda g: rate(current[g]))
+    gap_now = rate(current[high]) - rate(current[low])
+    gap_before = rate(earlier[high]) - rate(earlier[low])
+    variance = sum(p * (1 - p) / n for n, p in ((pair[0], rate(pair)) for pair in
+                                                 (current[high], current[low], earlier[high], earlier[low])))
+    widening = gap_now - gap_before
+    lower = widening - _z(confidence) * math.sqrt(variance)
+    return GapShift(gap_before, gap_now, widening, max(0.0, lower), (low, high))

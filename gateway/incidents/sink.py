@@ -16,10 +16,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Orders:
-    """The containment a finder asks for: raise the model's level (never lowers one), roll back."""
+    """The containment a finder asks for: raise the model's level (never lowers one), roll back, revoke a
+    credential (a security finding names the token id), queue the window's decisions for retro-review."""
 
     raise_to: int | None = None
     rollback: bool = False
+    revoke_token: str | None = None
+    retro_review: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ class Plan:
     threshold: float | None  # level 2: answers below it (or without a confidence) wait for a human
     sampled: bool  # queued for post-hoc review after it is served
     record: bool  # recorded as evidence whatever happens
-    watched: bool = False  # the model's bodies feed bias and accuracy monitoring
+    watched: bool = False  # the model's bodies feed bias and accuracy monitoring, and its output check
     draw: bytes | None = None  # the random draw sampling used (recorded, for auditors)
 
     @property
@@ -41,7 +41,7 @@ class Plan:
 
 
 def plan_request(level: int, policy: EffectiveModelPolicy, record_from: int, sampler: Sampler) -> Plan:
-    watched = policy.fairness is not None or bool(policy.feedback_window)
+    watched = policy.fairness is not None or bool(policy.feedback_window) or policy.output_check is not None
     if level >= 4:
         return Plan(level, False, False, None, False, True, watched)
     if level == 3:

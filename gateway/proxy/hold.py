@@ -54,11 +54,20 @@ class HoldQueue(Protocol):
     async def twin(self, caller: str, fingerprint: str, hints: RetryHints) -> Ticket | None: ...
 
 
+class BlockingChecks(Protocol):
+    """A model's output check, when its policy makes it blocking (`gateway.incidents.moderation`)."""
+
+    def blocks(self, model: str) -> bool: ...
+
+    async def before_release(self, ex: Exchange) -> tuple[bool | None, str]: ...
+
+
 class Holding:
     def __init__(self, queue: HoldQueue, recording: Recording, planner: Planning, review: Review, *,
                  confidence: Mapping[str, ConfidenceSource], waits: Mapping[str, EffectiveHoldWait], buffer_limit: int,
-                 redact: frozenset[bytes], policy_version: str) -> None:
+                 redact: frozenset[bytes], policy_version: str, checks: BlockingChecks | None = None) -> None:
         self.queue = queue
+        self.checks = checks  # a blocking output check holds a flagged (or unchecked) answer instead of releasing it
         self.recording = recording
         self.planner = planner  # to plan again when a level rises under an exchange in flight
         self.review = review
@@ -128,6 +137,12 @@ class Holding:
             await self._hold(headers, ex, plan, send, kind="hold", recommendation=recommendation,
                              reason=f"level {plan.level}: every answer is reviewed; the model's answer is a recommendation")
             return
+        if meets(ex.confidence, plan.threshold) and self.checks is not None and self.checks.blocks(ex.model):
+            flagged, why = await self.checks.before_release(ex)
+            if flagged is not False:  # flagged, or the classifier could not say: fail closed
+                ex.route = HELD
+                await self._hold(headers, ex, plan, send, kind="hold", recommendation=recommendation, reason=why)
+                return
         if meets(ex.confidence, plan.threshold):  # type: ignore[arg-type]
             ex.route = SAMPLED if plan.sampled else AUTO
             try:

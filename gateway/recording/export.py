@@ -82,6 +82,8 @@ class Exports:
         self.policy = policy
         self.sampling_key = sampling_key
         self.sample_rates = sample_rates  # per model: which models there are, too
+        # An incident's own reports (affected individuals, retro-reviews), by file name; set by the wiring.
+        self.incident_reports: Callable[[str], Any] | None = None
 
     async def bundle(self, selection: Selection, *, requested_by: str, reason: str) -> Path:
         """Write the bundle to a fresh temporary folder; the caller removes `path.parent` when done."""
@@ -127,6 +129,8 @@ class Exports:
         }
         if incident is not None:
             extras["incident.json"] = _json(incident.to_doc())
+            if self.incident_reports is not None:
+                extras.update(await self.incident_reports(incident.id))
         for (model, version), config in self.integrity.versions.items():
             if selection.model and model != selection.model:
                 continue
@@ -160,6 +164,12 @@ def scrubbed_config(config: Config) -> dict[str, Any]:
     for model in data.get("models", {}).values():
         for version in model.get("versions", {}).values():
             version["headers"] = {name: REDACTED for name in version.get("headers", {})}
+    for target in data.get("notifications") or []:  # webhook credentials: headers, PagerDuty keys, Slack-style URLs
+        target["headers"] = {name: REDACTED for name in target.get("headers") or {}}
+        if target.get("routing_key"):
+            target["routing_key"] = REDACTED
+        scheme, _, rest = str(target.get("url", "")).partition("://")
+        target["url"] = f"{scheme}://{rest.split('/', 1)[0]}/{REDACTED}" if rest else REDACTED
     evidence = data.get("evidence", {})
     if evidence.get("encryption_key"):
         evidence["encryption_key"] = REDACTED

@@ -195,9 +195,10 @@ class ReviewQueue:
         holder = ticket.claimed_by_other(reviewer, time.time())
         if holder:
             raise Conflict(f"ticket {ticket_id} is claimed by {holder}", detail={"claimed_by": holder})
-        if ticket.kind == "sample":
+        if ticket.kind in ("sample", "appeal"):
             if decision_in.verdict is None:
-                raise BadRequest("a sampled ticket takes a `verdict`: agree or disagree (the answer was already served)")
+                raise BadRequest(f"a{'n appeal' if ticket.kind == 'appeal' else ' sampled'} ticket takes a `verdict`: "
+                                 "agree or disagree (the answer was already served)")
         else:
             if decision_in.action is None:
                 raise BadRequest("a held ticket takes an `action`: approve, override or reject")
@@ -213,6 +214,8 @@ class ReviewQueue:
         if self.on_verdict is not None:
             self.on_verdict(ticket, decision)
         outcome = {k: v for k, v in decision.to_doc().items() if k not in ("by", "at", "note")}
+        if ticket.kind == "appeal":
+            outcome["appeal"] = True
         await self.recorder.action(
             "review_decision", actor=reviewer, reason=decision.note or "(no note)",
             ticket=ticket_id, request_id=ticket.request_id, model=ticket.model, version=ticket.version, decision=outcome,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gateway.evidence import pack_body, unpack_body
 from gateway.ids import random_hex
 
-Kind = Literal["hold", "human", "sample"]
+Kind = Literal["hold", "human", "sample", "appeal"]  # appeal: a client asked for a served decision to be reviewed again
 Pair = tuple[str, str]
 
 PENDING, DECIDED, EXPIRED = "pending", "decided", "expired"
@@ -87,6 +87,7 @@ class Decision:
     verdict: str | None = None  # agree, disagree (samples)
     response: Any = None  # override: the answer the client receives
     status: int | None = None  # override: its HTTP status
+    reason: str | None = None  # why the answer was wrong (gateway.policy.REASONS), for output-quality monitoring
 
     @property
     def outcome(self) -> str:
@@ -100,12 +101,14 @@ class Decision:
             doc["action"] = self.action
         if self.action == "override":
             doc["response"], doc["status"] = self.response, self.status
+        if self.reason is not None:
+            doc["reason"] = self.reason
         return doc
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> "Decision":
         return cls(str(doc.get("by", "")), float(doc.get("at") or 0), doc.get("note") or "", doc.get("action"),
-                   doc.get("verdict"), doc.get("response"), doc.get("status"))
+                   doc.get("verdict"), doc.get("response"), doc.get("status"), doc.get("reason"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +191,8 @@ class DecisionIn(BaseModel):
     note: str = Field("", max_length=4000)
     response: Any = Field(None, description="override only: the answer the client receives (JSON)")
     status: int = Field(200, ge=200, le=599, description="override only: the HTTP status of that answer")
+    reason: Literal["gibberish", "harmful", "contradiction", "false", "biased", "other"] | None = Field(
+        None, description="why the model's answer was wrong: with disagree, override or reject (output-quality monitoring)")
 
     @model_validator(mode="after")
     def _shape(self) -> "DecisionIn":
@@ -197,14 +202,16 @@ class DecisionIn(BaseModel):
             raise ValueError("an override needs `response`, the answer the client receives")
         if self.action != "override" and self.response is not None:
             raise ValueError("`response` goes only with action override")
+        if self.reason is not None and (self.verdict == "agree" or self.action == "approve"):
+            raise ValueError("`reason` says why an answer was wrong: it goes with disagree, override or reject")
         return self
 
     def by(self, reviewer: str, at: float) -> Decision:
         if self.verdict is not None:
-            return Decision(reviewer, at, self.note, verdict=self.verdict)
+            return Decision(reviewer, at, self.note, verdict=self.verdict, reason=self.reason)
         override = self.action == "override"
         return Decision(reviewer, at, self.note, action=self.action, response=self.response if override else None,
-                        status=self.status if override else None)
+                        status=self.status if override else None, reason=self.reason)
 
 
 def decided_headers(ticket: Ticket) -> list[tuple[bytes, bytes]]:

@@ -8,6 +8,10 @@ compare-and-set: of two concurrent switches exactly one wins. The call answers o
 live replica serves the new version; a request already running finishes on the version
 it started with.
 
+While the model is paused (level 4) or a critical incident is open for it, only rollbacks
+switch (`gateway.versions.freeze`). Every answer and its records say how long the switch
+took and the exact reverse: the call that puts the version being left back.
+
 A plain rollback goes back, never forward again: it picks the most recently active
 version that passes its checks, skipping any version a rollback already left (until an
 operator activates that version again).
@@ -17,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
-from typing import Any, Protocol
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.catalog import Catalog
 from gateway.config import VersionConfig
@@ -32,6 +37,12 @@ from gateway.recorder import Recorder
 from gateway.store import AuditTrail, StaleWrite
 from gateway.versions.smoke import load_dataset, run_smoke
 from gateway.versions.snapshot import Snapshots
+
+if TYPE_CHECKING:
+    from gateway.versions.freeze import DeploymentFreeze
+
+
+log = logging.getLogger("gateway.versions")
 
 
 class CheckFailed(Conflict):
@@ -58,8 +69,20 @@ class Switcher:
         self.snapshots = snapshots
         self.confirm_timeout = confirm_timeout
         self.smoke = smoke
+        self.freeze: DeploymentFreeze | None = None
+        self._listeners: list[Callable[[dict[str, Any], str], Awaitable[None]]] = []
+
+    def on_switch(self, listener: Callable[[dict[str, Any], str], Awaitable[None]]) -> None:
+        """Awaited with each switch's answer and its actor once every replica serves it, before the switch answers
+        (the post-rollback watch is in place when a rollback answers). A listener's failure never undoes a switch."""
+        self._listeners.append(listener)
+
+    def guard_with(self, freeze: "DeploymentFreeze") -> None:
+        """Refuse activations (not rollbacks) while `freeze` says the model is paused."""
+        self.freeze = freeze
 
     async def activate(self, model: str, version: str, *, actor: str, reason: str, action: str = "activate") -> dict[str, Any]:
+        started = time.monotonic()
         self._require(model, reason)
         current_doc = self.state.doc(keys.active(model)) or {}  # read before the checks: the compare-and-set is against it
         current = current_doc.get("version")
@@ -67,15 +90,19 @@ class Switcher:
             raise NotFound(f"model {model} has no version {version!r}; versions: {', '.join(self.catalog.models[model].versions)}")
         if version == current:
             raise Conflict(f"{model} {version} is already active", detail={"active": current})
+        if action != "rollback" and self.freeze is not None:
+            await self.freeze.check(model, version)  # a refusal changes nothing, the evidence log included
         checks = await self.run_checks(model, version)
         failed = next((c for c in checks if not c["ok"]), None)
         if failed is not None:
             raise CheckFailed(f"check `{failed['check']}` failed for {model} {version}: {failed['detail']}; nothing changed",
                               detail={"checks": checks, "active": current})
-        return await self._switch(model, current, current_doc, version, actor=actor, reason=reason, action=action, checks=checks)
+        return await self._switch(model, current, current_doc, version, actor=actor, reason=reason, action=action,
+                                  checks=checks, started=started)
 
     async def rollback(self, model: str, *, to: str | None, actor: str, reason: str) -> dict[str, Any]:
         """To `to`, or to the most recent earlier version that still passes every check."""
+        started = time.monotonic()
         self._require(model, reason)
         if to is not None:
             return await self.activate(model, to, actor=actor, reason=reason, action="rollback")
@@ -88,7 +115,7 @@ class Switcher:
             checks = await self.run_checks(model, candidate)
             if all(c["ok"] for c in checks):
                 return await self._switch(model, current, current_doc, candidate, actor=actor, reason=reason,
-                                          action="rollback", checks=checks, skipped=tried)
+                                          action="rollback", checks=checks, skipped=tried, started=started)
             tried.append({"version": candidate, "checks": checks})
         raise Conflict(f"{model} has no earlier version that passes its checks; nothing changed",
                        detail={"active": current, "tried": tried})
@@ -161,6 +188,10 @@ class Switcher:
         smoke = self.smoke.get(model)
         if smoke is None:
             return None
+        return await self.smoke_test(model, version, smoke)
+
+    async def smoke_test(self, model: str, version: str, smoke: SmokeTest) -> dict[str, Any]:
+        """Run a known-good dataset against one version's own upstream (the pre-switch check; incident verification)."""
         try:
             cases = load_dataset(smoke.dataset)
         except (OSError, ValueError) as exc:
@@ -175,13 +206,16 @@ class Switcher:
 
     # the switch --------------------------------------------------------------------
     async def _switch(self, model: str, current: str | None, current_doc: dict[str, Any], target: str, *, actor: str,
-                      reason: str, action: str, checks: list[dict[str, Any]], skipped: list | None = None) -> dict[str, Any]:
+                      reason: str, action: str, checks: list[dict[str, Any]], skipped: list | None = None,
+                      started: float | None = None) -> dict[str, Any]:
         snapshot_record = await self.recorder.action("snapshot_before_switch", actor=actor, reason=reason, model=model,
                                                      version=current, target=target,
                                                      snapshot=self.snapshots.snapshot(model, current))
         now = time.time()
         doc = {"version": target, "actor": actor, "reason": reason, "at": now}
+        reverse = reverse_of(model, current, target)
         audit = {"action": action, "actor": actor, "reason": reason, "from": current, "to": target, "at": now,
+                 "reverse": reverse,
                  "checks": [{k: v for k, v in c.items() if k in ("check", "ok", "detail")} for c in checks],
                  "snapshot_record": snapshot_record}
         try:
@@ -194,11 +228,18 @@ class Switcher:
                                        why=f"another switch won (now {now_active})")
             raise Conflict(f"another switch of {model} won meanwhile: {now_active} is active; nothing changed",
                            detail={"active": now_active}) from None
+        seconds = round(time.monotonic() - started, 3) if started is not None else None
         await self.recorder.action(action, actor=actor, reason=reason, model=model, version_from=current, version_to=target,
-                                   epoch=change.epoch, checks=audit["checks"])
-        result = {"model": model, "action": action, "from": current, "to": target, "checks": checks, **confirmation.as_dict()}
+                                   epoch=change.epoch, checks=audit["checks"], seconds=seconds, reverse=reverse)
+        result = {"model": model, "action": action, "from": current, "to": target, "checks": checks,
+                  "seconds": seconds, "reverse": reverse, **confirmation.as_dict()}
         if skipped:
             result["skipped"] = skipped
+        for listener in self._listeners:
+            try:
+                await listener(result, actor)
+            except Exception:
+                log.exception("after the switch of %s to %s: a follow-up failed", model, target)
         return result
 
     def _require(self, model: str, reason: str) -> None:
@@ -206,3 +247,16 @@ class Switcher:
             raise NotFound(f"unknown model {model!r}; known models: {', '.join(sorted(self.catalog.models))}")
         if not reason or not reason.strip():
             raise BadRequest("a reason is required for every switch")
+
+
+def reverse_of(model: str, left: str | None, target: str) -> dict[str, Any] | None:
+    """The exact call that undoes a switch from `left` to `target` (seed: "Prepare reverse rollback procedure").
+
+    Going back to the version left is itself a rollback to a named version (`to`), which the
+    deployment freeze allows and the checks still guard.
+    """
+    if left is None:
+        return None
+    return {"model": model, "from": target, "to": left, "http": f"POST /admin/models/{model}/rollback",
+            "body": {"to": left, "reason": f"reverse the switch {left} -> {target}"},
+            "cli": f"gateway rollback {model} --to {left} --reason \"reverse the switch {left} -> {target}\""}

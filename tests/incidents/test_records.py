@@ -28,8 +28,14 @@ def test_the_document_keeps_the_api_shape():
 
 
 def test_fields_a_newer_gateway_wrote_are_kept():
-    doc = {**_incident().to_doc(), "roles": {"commander": "alice"}}
-    assert Incident.from_doc(doc).to_doc()["roles"] == {"commander": "alice"}
+    doc = {**_incident().to_doc(), "postmortem": {"owner": "alice"}}
+    assert Incident.from_doc(doc).to_doc()["postmortem"] == {"owner": "alice"}
+
+
+def test_command_roles_round_trip():
+    doc = {**_incident().to_doc(), "roles": {"incident_commander": {"who": "alice", "by": "ops", "at": 1.0}}}
+    assert Incident.from_doc(doc).roles["incident_commander"]["who"] == "alice"
+    assert Incident.from_doc(doc).to_doc()["roles"] == doc["roles"]
 
 
 def test_counting_timeline_events():

@@ -70,3 +70,28 @@ def test_scipy_is_loaded_only_when_a_fairness_interval_is_computed():
 
     code = "import sys, gateway.app; print('scipy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+# shifts against the previous window ----------------------------------------------------------
+def test_wilsons_interval_matches_the_textbook_value():
+    low, high = signals.wilson(50, 100, 1.959964)
+    assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
+
+
+def test_newcombes_interval_for_a_difference_matches_newcombe_1998():
+    # Newcombe (1998), Statistics in Medicine 17:873, table II, example (a): 56/70 - 48/80, method 10
+    d, low, high = signals.difference_interval(56, 70, 48, 80, confidence=0.95)
+    assert (round(d, 4), round(low, 4), round(high, 4)) == (0.2, 0.0524, 0.3339)
+
+
+def test_a_group_needs_enough_data_in_both_windows_to_shift():
+    now = {"grp:A:n": 100, "grp:A:hit": 90, "grp:B:n": 100, "grp:B:hit": 90}
+    before = {"grp:A:n": 29, "grp:A:hit": 0, "grp:B:n": 30, "grp:B:hit": 27}
+    (only,) = signals.group_shifts(now, before, "grp", min_per_group=30, confidence=0.95)
+    assert only.group == "B" and only.certain == 0.0  # 90 % both times: no shift at all
+
+
+def test_a_gap_that_did_not_widen_is_not_certain_to_have():
+    same = {"acc:A:n": 100, "acc:A:hit": 90, "acc:B:n": 100, "acc:B:hit": 70}
+    found = signals.gap_shift(same, same, "acc", min_per_group=30, confidence=0.95)
+    assert (found.widening, found.certain, found.groups) == (0.0, 0.0, ("B", "A"))
