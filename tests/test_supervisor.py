@@ -225,6 +225,16 @@ def test_sigterm_stops_every_worker_and_the_demo_model_and_exits_zero(tmp_path):
         httpx.get(f"http://127.0.0.1:{demo_port}/health", timeout=2)
 
 
+def test_a_port_in_use_is_one_line_and_exit_1_even_for_another_gateways_workers(gateway, tmp_path):
+    for client in _pinned(gateway.url, 2).values():  # both workers listen
+        client.close()
+    other = write_config(tmp_path / "other", {"demo": {"v1": "http://127.0.0.1:1"}})
+    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(other), "--workers", "2",
+                             "--port", str(gateway.port)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: cannot listen on 127.0.0.1:{gateway.port}: Address already in use"
+
+
 def test_a_bad_config_is_one_line_and_exit_2(tmp_path):
     config = write_config(tmp_path, {"demo": {"v1": "ftp://127.0.0.1:1"}})
     result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "2"],
