@@ -81,6 +81,18 @@ class TokenTable:
         else:
             self._expires.pop(token_id, None)
 
+    def replace_bootstrap(self, tokens: list[TokenConfig], docs: Mapping[str, dict[str, Any]]) -> None:
+        """A reloaded config's tokens (`gateway.reload`): the run-time documents `docs` (id -> doc) applied on top.
+
+        The new table is built aside and its parts swapped in one statement, with no await in
+        between: a request sees the old set or the new one, never half of each.
+        """
+        fresh = TokenTable(tokens)
+        for token_id, doc in docs.items():
+            fresh.apply(token_id, doc)
+        self._by_digest, self.bootstrap, self._issued, self._revoked, self._expires = (
+            fresh._by_digest, fresh.bootstrap, fresh._issued, fresh._revoked, fresh._expires)
+
     def roles_of(self, token_id: str) -> frozenset[str] | None:
         """The roles `token_id` holds now; None once it is revoked, expired or unknown (console sessions end with it)."""
         if token_id in self._revoked:

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -352,6 +353,51 @@ class WebhookTarget(_Strict):
         return self.role != "incident_commander" or severity in ("critical", "high")
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+class OidcConfig(_Strict):
+    """Console single sign-on: OpenID Connect, authorization code with PKCE (`gateway.console.sso`)."""
+
+    issuer: str = Field(description="the provider's issuer URL; https (http only on loopback, for trials and tests)")
+    client_id: str = Field(min_length=1, max_length=256)
+    client_secret: SecretStr | None = Field(None, description="use ${ENV}; none for a public client (PKCE only)")
+    redirect_url: str | None = Field(None, description="default: {the console's own origin}/console/sso/callback")
+    scopes: tuple[str, ...] = Field(("openid", "profile", "groups"), description="requested scopes; must hold openid")
+    roles_claim: str = Field("groups", min_length=1, description="the claim listing the user's groups (a dotted "
+                             "path for a nested one, e.g. realm_access.roles); read from the ID token, else userinfo")
+    roles: dict[Annotated[str, Field(min_length=1, max_length=256)], Literal["reviewer", "operator", "auditor"]] = Field(
+        min_length=1, description="group (claim value) -> role; a user with no mapped console role is refused")
+    label: str = Field("Sign in with SSO", min_length=1, max_length=64, description="the sign-in page's button")
+
+    @field_validator("issuer", "redirect_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("expected an absolute https URL without query or fragment")
+        if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+            raise ValueError("plain http only on loopback (127.0.0.1, localhost, ::1); use https")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid(cls, scopes: tuple[str, ...]) -> tuple[str, ...]:
+        if "openid" not in scopes:
+            raise ValueError("scopes must include openid")
+        if any(not s or not re.fullmatch(r"[\x21\x23-\x5b\x5d-\x7e]+", s) for s in scopes):
+            raise ValueError("a scope is a non-empty word of printable ASCII (no spaces, quotes or backslashes)")
+        return scopes
+
+
+class ConsoleConfig(_Strict):
+    oidc: OidcConfig | None = Field(None, description="single sign-on; token sign-in stays available")
+
+
 DATA_DIR_ENV = "GATEWAY_DATA_DIR"
 
 
@@ -379,6 +425,7 @@ class Config(_Strict):
     logging: LoggingConfig = LoggingConfig()
     evidence: EvidenceConfig = EvidenceConfig()
     notifications: list[WebhookTarget] = Field(default_factory=list)
+    console: ConsoleConfig = ConsoleConfig()
     source: Path | None = Field(None, exclude=True, description="set by the loader")
 
     _paths = field_validator("data_dir", "policy", mode="before")(_path_field)

@@ -37,7 +37,10 @@ def _seconds(value: Any) -> float:
     raise ValueError("expected a duration such as 2s, 10m or 24h")
 
 
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
+_DURATION_TEXT = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
+# The JSON Schema (`gateway config schema`) says what a file may hold: seconds, or text such as "2s".
+Seconds = Annotated[float, Field(ge=0), BeforeValidator(_seconds, json_schema_input_type=Annotated[float, Field(ge=0)]
+                                                         | Annotated[str, Field(pattern=_DURATION_TEXT)])]
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

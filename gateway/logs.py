@@ -1,5 +1,9 @@
 """Structured JSON logs, one object per line, carrying the request id where there is one.
 
+A logged exception keeps `error` ("Type: message") and adds `traceback`, the whole
+formatted traceback (chained causes included) as one string: JSON escapes its newlines,
+so an event stays one line.
+
 Tokens never reach a log: the request path logs the token's id, and headers are never
 logged whole.
 """
@@ -28,6 +32,9 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             out["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+            out["traceback"] = record.exc_text or self.formatException(record.exc_info)  # newlines escaped: one line
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
         return json.dumps(out, default=str, separators=(",", ":"))
 
 

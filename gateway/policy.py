@@ -79,6 +79,15 @@ class OutputCheck(_Strict):
                                                 "needs one (the policy names the variable, never the secret)")
 
 
+class ReviewField(_Strict):
+    """A field of a generic JSON answer that a reviewer decides: the console shows it as a form field."""
+
+    pointer: str = Field(pattern=r"^/", description="JSON pointer into the answer, such as /decision")
+    values: tuple[str | int | float | bool, ...] | None = Field(
+        None, min_length=1, description="the values a reviewer may choose (a select); unset: free text")
+    label: str | None = Field(None, description="what the console calls it (default: the pointer)")
+
+
 class ModelPolicy(_Strict):
     """Per-model rules; anything left out comes from `defaults`."""
 
@@ -99,6 +108,8 @@ class ModelPolicy(_Strict):
     subject_pointer: str | None = Field(None, description="JSON pointer to the subject's identifier in the request "
                                         "(e.g. /applicant/id): named in the affected-individuals report")
     output_check: OutputCheck | None = Field(None, description="a moderation classifier for the answers; off when unset")
+    review_fields: tuple[ReviewField, ...] | None = Field(None, description="the answer's fields a reviewer decides, "
+                                                          "shown as a form in the console (generic JSON models)")
 
 
 # No thresholds are defaulted here: `policies/default.yaml` is where they are written.

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 REDACTED = "[redacted]"
 
@@ -56,3 +59,41 @@ def _redact(doc: Any, pointer: str) -> bool:
         target[int(last)] = REDACTED
         return True
     return False
+
+
+def scrubbed_config(config: Config) -> dict[str, Any]:
+    """The config as it runs, minus anything secret: upstream credentials, keys, token hashes.
+
+    Evidence exports (config.yaml in a bundle) and `gateway config show` both print this.
+    """
+    data = config.model_dump(mode="json", exclude={"source"})
+    data["tokens"] = [{"id": t["id"], "role": t.get("role"), "roles": t.get("roles")} for t in data.get("tokens", [])]
+    for model in data.get("models", {}).values():
+        for version in model.get("versions", {}).values():
+            version["headers"] = {name: REDACTED for name in version.get("headers", {})}
+            if version.get("upstream"):
+                version["upstream"] = _without_userinfo(version["upstream"])
+            version["upstreams"] = [_without_userinfo(url) for url in version.get("upstreams") or []]
+    for target in data.get("notifications") or []:  # webhook credentials: headers, PagerDuty keys, Slack-style URLs
+        target["headers"] = {name: REDACTED for name in target.get("headers") or {}}
+        if target.get("routing_key"):
+            target["routing_key"] = REDACTED
+        scheme, _, rest = str(target.get("url", "")).partition("://")
+        target["url"] = _without_userinfo(f"{scheme}://{rest.split('/', 1)[0]}") + f"/{REDACTED}" if rest else REDACTED
+    data["store"] = _without_userinfo(data.get("store", "embedded"))  # redis://user:password@host
+    evidence = data.get("evidence", {})
+    if evidence.get("encryption_key"):
+        evidence["encryption_key"] = REDACTED
+    evidence["previous_keys"] = {kid: REDACTED for kid in evidence.get("previous_keys", {})}
+    return data
+
+
+def _without_userinfo(url: str) -> str:
+    """A URL with any `user:password@` replaced: credentials written into an upstream or store URL."""
+    scheme, sep, rest = str(url).partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}://{REDACTED}@{authority.rpartition('@')[2]}{slash}{path}"

@@ -181,6 +181,7 @@ class Supervisor:
     # running ------------------------------------------------------------------------------------
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             if not self._start_all():
                 return 1
@@ -196,6 +197,13 @@ class Supervisor:
                 signal.signal(sig, handler)
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def _on_hangup(self, signum: int, frame: object) -> None:
+        """SIGHUP reloads the config: one live worker is enough, it publishes the reload to every replica."""
+        for worker in self.workers:
+            if worker.proc is not None and worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGHUP)
+                return
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True

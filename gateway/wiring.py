@@ -25,6 +25,7 @@ from gateway.api.evidence import EvidenceApi
 from gateway.api.incidents import IncidentsApi
 from gateway.api.models import ModelsApi
 from gateway.api.ops import OpsApi
+from gateway.api.reload import ReloadApi
 from gateway.api.oversight import OversightApi
 from gateway.api.reports import ReportsApi
 from gateway.api.response import IncidentResponseApi
@@ -33,7 +34,7 @@ from gateway.api.tokens import TokensApi
 from gateway.api.versions import VersionsApi
 from gateway.auth import TokenTable
 from gateway.background import Background
-from gateway.catalog import Catalog
+from gateway.catalog import Catalog, make_version_route
 from gateway.config import Config, load_config
 from gateway.configfile import ConfigError
 from gateway.console import console_routes
@@ -41,7 +42,9 @@ from gateway.console.dashboard import Dashboard
 from gateway.console.review import ReviewPages
 from gateway.console.session import Sessions
 from gateway.console.signin import SignIn
+from gateway.console.sso import OidcSignIn
 from gateway.console.web import QueueHub
+from gateway.control import keys
 from gateway.control.seed import seed_first_start
 from gateway.control.state import ControlState
 from gateway.credentials import Credentials
@@ -75,14 +78,22 @@ from gateway.recording.fleet_export import FleetExport
 from gateway.recording.witnessing import Witnessing
 from gateway.recording.evidence import EvidenceRecorder
 from gateway.redaction import header_names
+from gateway.reload import ReloadRefused, Reloader, file_digest, restart_needed
 from gateway.review.queue import ReviewQueue
 from gateway.store import StoreUnavailable, make_store
+from gateway import tracing
 from gateway.versions.freeze import DeploymentFreeze
 from gateway.versions.registry import Registry
 from gateway.versions.snapshot import Snapshots
 from gateway.versions.switch import Switcher
 
 log = logging.getLogger("gateway")
+
+
+async def _close_later(routes: list[Any], delay: float) -> None:
+    await asyncio.sleep(delay)
+    for route in routes:
+        route.pool.close()
 
 
 class Gateway:
@@ -145,7 +156,10 @@ class Gateway:
                                policies=self.model_policies, active=self.state.active, evidence=self.evidence)
 
         # the review queue (reviewers' verdicts are ground truth for the monitor) -------------------
-        self.review = ReviewQueue(self.store, policy.review, self.recorder, on_verdict=self.monitor.verdict)
+        # traces (OTEL_TRACES_EXPORTER=otlp; else None): a span per request, and per decision linked to it
+        self.tracing = tracing.from_environment(**{"service.instance.id": self.state.replica_id})
+        on_verdict = self.monitor.verdict if self.tracing is None else _both(self.monitor.verdict, self.tracing.decided)
+        self.review = ReviewQueue(self.store, policy.review, self.recorder, on_verdict=on_verdict)
         # output quality: the models' output checks (off the request path unless blocking), users' reports and appeals
         self.output_checks = OutputChecks(self.model_policies, self.monitor.counters)
         self.reports = Reports(self.store, self.recorder, self.review, self.monitor.counters,
@@ -165,6 +179,8 @@ class Gateway:
             observers.append(self.output_checks)
         if config.logging.access_log:
             observers.append(AccessLog(logging.getLogger("gateway.access")))
+        if self.tracing is not None:
+            observers.append(self.tracing)
         self.dataplane = DataPlane(
             callers=self.tokens,
             resolver=Resolver(self.catalog, self.state),
@@ -179,7 +195,12 @@ class Gateway:
             observers=observers,
             inflight=self.inflight,
             limits=config.limits,
+            tracing=self.tracing,
         )
+        # scrape-time oversight metrics (in flight, queue, integrity, incidents, state) and ticket/incident counters
+        self.metrics.watch_oversight(state=self.state, inflight=self.inflight, integrity=self.integrity,
+                                     review=self.review, incidents=self.incidents, models=models,
+                                     review_timeout=policy.review.timeout)
 
         # the control plane: the API, then the console ----------------------------------------------
         # the fleet's evidence: every replica's log in the evidence directory, witnessed by the others
@@ -212,13 +233,23 @@ class Gateway:
                    if self.evidence and self.fleet else None)
         if exports is not None:
             exports.incident_reports = self._incident_reports
+        self.exports = exports
         body_cap = config.limits.max_control_body_bytes
+        # reload without restart: `POST /admin/reload` and SIGHUP, on every replica (`gateway.reload`)
+        self.reloader = Reloader(self.state, self.store, self.recorder, load=self._load_files,
+                                 current=lambda: (self.config, self.policy), problems=self._reload_problems,
+                                 apply=self._apply_reload,
+                                 confirm_timeout=oversight.confirm_timeout, spawn=self.background.spawn)
+        self.state.add_listener(self.reloader.on_state_change)
         self.sessions = sessions = Sessions(self.store, self.tokens.live_roles())  # a revoked token's sessions end too
         self.hub = hub = QueueHub(self.review)  # the console's live queue events, for every open stream here
+        oidc = config.console.oidc  # console single sign-on (OpenID Connect), beside token sign-in
+        self.sso = sso = (OidcSignIn(oidc, sessions, self.store, self.recorder, refused=self.monitor.refused)
+               if oidc is not None else None)
         self.control = control_app([
             *OpsApi(self.tokens, self.state, self.catalog, self.metrics, metrics_public=config.metrics.public,
                     started_at=lambda: self.started_at).routes(),
-            *DecisionsApi(self.tokens, self.review, policy.review).routes(),
+            *(decisions := DecisionsApi(self.tokens, self.review, policy.review)).routes(),
             *OversightApi(self.tokens, self.levels, max_body_bytes=body_cap).routes(),
             *ReviewApi(self.tokens, self.review, max_body_bytes=body_cap).routes(),
             *ModelsApi(self.tokens, self.state, self.catalog, self.integrity).routes(),
@@ -230,14 +261,19 @@ class Gateway:
                                  max_body_bytes=body_cap).routes(),
             *TokensApi(self.tokens, self.credentials, max_body_bytes=body_cap).routes(),
             *ReportsApi(self.tokens, self.reports, max_body_bytes=body_cap).routes(),
+            *ReloadApi(self.tokens, self.reloader, max_body_bytes=body_cap).routes(),
             *console_routes(
-                SignIn(sessions, hub, self.tokens, self.recorder, refused=self.monitor.refused, max_body_bytes=body_cap),
-                ReviewPages(sessions, hub, self.review, max_body_bytes=body_cap),
+                SignIn(sessions, hub, self.tokens, self.recorder, refused=self.monitor.refused, max_body_bytes=body_cap,
+                       sso_label=oidc.label if oidc is not None else None),
+                ReviewPages(sessions, hub, self.review, max_body_bytes=body_cap,
+                            review_fields=lambda m: p.review_fields if (p := self.model_policies.get(m)) else None),
                 Dashboard(sessions, self.state, self.levels, self.registry, self.switcher, self.incidents, self.review,
                           self.monitor.counters, self.store, max_body_bytes=body_cap, retro=self.retro),
+                sso=sso,
             ),
         ])
         self._retention: asyncio.Task[None] | None = None
+        self._decisions_api = decisions  # its review timings change on a reload
 
     @classmethod
     def from_files(cls, config_path: str | Path, *, workers: int = 1) -> "Gateway":
@@ -265,6 +301,73 @@ class Gateway:
         return {"affected.json": json.dumps(report, indent=2, default=str).encode() + b"\n",
                 "affected.csv": as_csv(report).encode(),
                 "retro-reviews.json": json.dumps(reviews, indent=2, default=str).encode() + b"\n"}
+
+    def _load_files(self) -> tuple[Config, Policy, str, str]:
+        """This replica's config and policy files, loaded and checked as `from_files` does (blocking: a thread's work)."""
+        assert self.config.source is not None, "a gateway built from files reloads from them"
+        candidate = Gateway.from_files(self.config.source)
+        candidate.catalog.close()
+        config, policy = candidate.config, candidate.policy
+        return config, policy, file_digest(config.source), policy.digest
+
+    def _reload_problems(self, config: Config, policy: Policy) -> list[str]:
+        """What stops this replica from applying `config` and `policy` live (empty: it can)."""
+        problems = restart_needed(self.config, self.policy, config, policy, active=self.state.active)
+        for model, mc in config.models.items():
+            known = self.config.models.get(model)
+            route = self.catalog.models.get(model)
+            for version in mc.versions:
+                if known is not None and version not in known.versions and route is not None and version in route.versions:
+                    problems.append(f"config: models.{model}.versions.{version}: a version of that name was added at "
+                                    f"run time (the versions API); versions are never replaced: use another name")
+        return problems
+
+    def _apply_reload(self, config: Config, policy: Policy) -> None:
+        """Swap in what a checked reload changes (`gateway.reload.LIVE_*`), on the event loop with no await.
+
+        Everything that can fail (upstream routes) is built first; then references are swapped.
+        """
+        old = self.config
+        added = {(m, v): (vc, make_version_route(m, v, vc, config.timeouts, config.limits.upstream_connections,
+                                                 proxy_from_env=config.egress.proxy_from_env))
+                 for m, mc in config.models.items() for v, vc in mc.versions.items()
+                 if m in old.models and v not in old.models[m].versions}
+        removed = [(m, v) for m, mc in old.models.items() if m in config.models
+                   for v in mc.versions if v not in config.models[m].versions]
+        if any(self.state.active.get(m) == v for m, v in removed):
+            raise ReloadRefused("reload refused: a version it removes became active meanwhile")
+        model_policies = {name: policy.for_model(name) for name in config.models}
+        tokens = {key[len(keys.TOKENS):]: doc for key, doc in self.state.docs.items() if key.startswith(keys.TOKENS)}
+        # swap: from here on nothing raises
+        self.tokens.replace_bootstrap(config.tokens, tokens)
+        for (model, version), (vc, route) in added.items():
+            self.catalog.models[model].versions[version] = route
+            self.integrity.register(model, version, vc)
+            self.background.spawn(self.integrity.verify(model, version, reason="added by a config reload"))
+        gone = [self.catalog.models[m].versions.pop(v) for m, v in removed if v in self.catalog.models[m].versions]
+        for model, version in removed:
+            for table in (self.integrity.versions, self.integrity.status, self.integrity.last_verified):
+                table.pop((model, version), None)
+        self.registry.configured = config.models
+        self.planner.policies = self.monitor.policies = model_policies
+        holding = self.dataplane.holding
+        holding.confidence = {n: p.confidence for n, p in model_policies.items()}
+        holding.waits = {n: p.hold_wait for n, p in model_policies.items()}
+        self.monitor.triggers = self.incidents.triggers = policy.triggers
+        self.review.review = holding.review = self._decisions_api.review = policy.review
+        for part in (holding, self.dataplane.recording, self.reports, self.retro):
+            if hasattr(part, "policy_version"):
+                part.policy_version = policy.version
+        self.snapshots.policy = {"version": policy.version, "digest": policy.digest}
+        if self.exports is not None:
+            self.exports.config, self.exports.policy = config, policy
+            self.exports.sample_rates = {n: p.sample_rate for n, p in model_policies.items()}
+        self.model_policies = model_policies
+        self.config, self.policy = config, policy
+        if added:
+            self.background.spawn(self.registry.seed_from_config())  # the history shows every version that served
+        if gone:
+            self.background.spawn(_close_later(gone, config.timeouts.read + 5))  # requests in flight finish first
 
     @property
     def sampling_key(self) -> bytes:
@@ -296,6 +399,7 @@ class Gateway:
         await self.notifier.start()
         await self.verification.start()
         await self.watch.start()
+        self.reloader.start()
         self.started_at = time.time()
         # Everything loaded so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise rescan it every time (about 40 ms each).
@@ -323,6 +427,7 @@ class Gateway:
         self.background.spawn(self.witnessing.run_forever())
 
     async def stop(self) -> None:
+        self.reloader.stop()
         self.background.cancel_all()
         await self.watch.stop()
         await self.verification.stop()
@@ -339,3 +444,16 @@ class Gateway:
             await asyncio.to_thread(self.fleet.close)
         if self.evidence is not None:
             await asyncio.to_thread(self.evidence.close)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # exports what is queued, within OTEL_BSP_EXPORT_TIMEOUT
+
+
+def _both(first, second):
+    """One verdict listener that tells two (the monitor, then tracing; a tracing failure is only logged)."""
+    def told(ticket, decision) -> None:
+        first(ticket, decision)
+        try:
+            second(ticket, decision)
+        except Exception:
+            log.exception("could not trace a review decision")
+    return told

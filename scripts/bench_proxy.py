@@ -11,6 +11,7 @@ and its resident memory over 100,000 requests.
     python scripts/bench_proxy.py --rounds 1 --memory-requests 0
     python scripts/bench_proxy.py --level 1      # all decisions recorded
     python scripts/bench_proxy.py --against /tmp/gw-main   # this tree vs another checkout, interleaved
+    python scripts/bench_proxy.py --tracing      # this tree's gateway exports OTLP traces to a local sink
 """
 
 from __future__ import annotations
@@ -67,15 +68,25 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON too")
     parser.add_argument("--against", type=Path, help="another checkout of the gateway: compare its CPU per request "
                                                      "with this tree's, in interleaved rounds, and stop there")
+    parser.add_argument("--tracing", action="store_true", help="this tree's gateway traces every request "
+                        "(OTEL_TRACES_EXPORTER=otlp) to a local OTLP/HTTP sink; with --against: the other does not")
     args = parser.parse_args()
-    if args.against:
-        return against(args)
+    sink = b.OtlpSink() if args.tracing else None
+    try:
+        return against(args, sink) if args.against else run_all(args, sink)
+    finally:
+        if sink is not None:
+            print(f"tracing on: the sink received {sink.posts} OTLP exports, {sink.bytes / 1e6:.1f} MB")
+            sink.close()
+
+
+def run_all(args: argparse.Namespace, sink) -> int:
 
     with b.tempdir() as tmp:
         up_port, gw_port = b.free_port(), b.free_port()
         config = b.write_config(tmp, up_port, gw_port)
         upstream = b.demo_model(up_port, "1", "--stream-delay-ms", "5")
-        gateway = b.gateway(config, gw_port, "0", log=tmp / "gateway.log")
+        gateway = b.gateway(config, gw_port, "0", log=tmp / "gateway.log", env=sink.env if sink else None)
         try:
             set_level(gw_port, args.level)
             direct_url = f"http://127.0.0.1:{up_port}/predict"
@@ -109,7 +120,7 @@ def main() -> int:
             b.stop(upstream)
 
     med = {name: {k: b.median([r[k] for r in runs]) for k in ("rps", "p50", "p99", "errors")} for name, runs in rows.items()}
-    print(f"proxy benchmark: level {args.level}, {args.rounds} rounds of {args.seconds:g}s, wrk -t1, gateway pinned to cpu0, "
+    print(f"proxy benchmark: level {args.level}, tracing {'on' if sink else 'off'}, {args.rounds} rounds of {args.seconds:g}s, wrk -t1, gateway pinned to cpu0, "
           f"demo model and load on cpu1; medians")
     print(f"{'':14}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for name, m in med.items():
@@ -133,7 +144,7 @@ def main() -> int:
     return 0
 
 
-def against(args: argparse.Namespace) -> int:
+def against(args: argparse.Namespace, sink=None) -> int:
     """This tree and another checkout in front of one demo model, interleaved rounds, CPU per request."""
     trees = {"this tree": b.ROOT, "against": args.against.resolve()}
     with b.tempdir() as tmp:
@@ -145,7 +156,8 @@ def against(args: argparse.Namespace) -> int:
                 ports[name] = b.free_port()
                 (tmp / name.replace(" ", "-")).mkdir()
                 config = b.write_config(tmp / name.replace(" ", "-"), up_port, ports[name])
-                gateways[name] = b.gateway(config, ports[name], "0", log=tmp / f"{name.replace(' ', '-')}.log", tree=tree)
+                gateways[name] = b.gateway(config, ports[name], "0", log=tmp / f"{name.replace(' ', '-')}.log", tree=tree,
+                                           env=sink.env if sink and name == "this tree" else None)
                 set_level(ports[name], args.level)
             cpu: dict[str, list[float]] = {name: [] for name in trees}
             rps: dict[str, list[float]] = {name: [] for name in trees}
@@ -163,7 +175,7 @@ def against(args: argparse.Namespace) -> int:
             for proc in gateways.values():
                 b.stop(proc)
             b.stop(upstream)
-    print(f"proxy benchmark, side by side: level {args.level}, {args.rounds} interleaved rounds of {args.seconds:g}s, "
+    print(f"proxy benchmark, side by side: level {args.level}, tracing {'on in this tree' if sink else 'off'}, {args.rounds} interleaved rounds of {args.seconds:g}s, "
           f"each gateway pinned to cpu0 in turn, demo model and wrk on cpu1; medians")
     for name, tree in trees.items():
         print(f"{name:10} {str(tree):40} {b.median(rps[name]):9.0f} req/s  {b.median(cpu[name]):6.1f} us CPU/request  "

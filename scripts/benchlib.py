@@ -121,11 +121,43 @@ def redis_server(directory: Path) -> RedisProcess:
 
 
 def gateway(config: Path, port: int, cpus: str | None = None, log: Path | None = None,
-            tree: Path | None = None) -> subprocess.Popen:
-    """A gateway process; `tree`: the checkout whose `gateway` package it runs (default: this one)."""
+            tree: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    """A gateway process; `tree`: the checkout whose `gateway` package it runs (default: this one); `env`: added."""
     tree = tree or ROOT
     return start([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)], port, cpus,
-                 log=log, cwd=tree, env={"PYTHONPATH": str(tree)})
+                 log=log, cwd=tree, env={"PYTHONPATH": str(tree), **(env or {})})
+
+
+class OtlpSink:
+    """An OTLP/HTTP receiver that counts what it is sent and keeps none of it (for `--tracing`)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.posts = self.bytes = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                sink.bytes += len(self.rfile.read(int(self.headers.get("content-length") or 0)))
+                sink.posts += 1
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.env = {"OTEL_TRACES_EXPORTER": "otlp",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.server.server_address[1]}"}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @contextmanager

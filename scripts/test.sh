@@ -8,6 +8,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)  # tests/thirdparty; /usr/sbin is often off a user's PATH
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ] || missing+=(prometheus)  # promtool: tests/proxy/test_metrics.py
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
@@ -29,6 +30,10 @@ fi
 # Node clients the tests drive (the official openai npm package), from the lock file.
 if [ ! -d tests/clients/node/node_modules/openai ]; then
   npm ci --prefix tests/clients/node --no-audit --no-fund --loglevel=error >/dev/null
+fi
+# The OpenID Provider the console's single sign-on tests sign in through (oidc-provider), from its lock file.
+if [ ! -d tests/console/oidc/node_modules/oidc-provider ]; then
+  npm ci --prefix tests/console/oidc --no-audit --no-fund --loglevel=error >/dev/null
 fi
 # The virtualenv's commands (`gateway` among them) come first, as in a shell that activated it.
 export PATH="$PWD/.venv/bin:$PATH"

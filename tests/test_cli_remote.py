@@ -14,6 +14,7 @@ import itertools
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -22,7 +23,7 @@ from gateway.cli import main
 from tests.support import TOKENS, auth, free_port, serve_in_process, write_config
 
 APPLICANT = {"applicant": {"id": "cli-1", "group": "A", "income": 52000}}
-WHEN = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+WHEN = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"  # ISO 8601, UTC
 
 
 @dataclass
@@ -151,7 +152,7 @@ async def test_lowering_from_4_waits_for_a_second_operator(gw, cli):
     r = await cli("level", "get", *url)
     assert f"pending {change}: global 4 -> 0 by test-operator: resolved" in r.out.splitlines(), r.out
 
-    (await cli("level", "approve", change, *url)).one_line_error(1, "403 forbidden", "second, different operator")
+    (await cli("level", "approve", change, *url)).one_line_error(4, "403 forbidden", "second, different operator")
     assert (await _levels(gw))["global"]["level"] == 4
 
     r = await cli("level", "approve", change, "--reason", "checked the fix", *url, token="operator2")
@@ -168,9 +169,9 @@ async def test_refusals_are_one_line_errors_and_change_nothing(gw, cli):
     url = ("--url", gw.url)
     before = await _levels(gw)
     for who in ("reviewer", "client", "auditor"):
-        (await cli("level", "set", 2, "--reason", "x", *url, token=who)).one_line_error(1, "403 forbidden")
-        (await cli("kill", "--reason", "x", *url, token=who)).one_line_error(1, "403 forbidden")
-    (await cli("level", "get", *url, token="client")).one_line_error(1, "403 forbidden")
+        (await cli("level", "set", 2, "--reason", "x", *url, token=who)).one_line_error(4, "403 forbidden")
+        (await cli("kill", "--reason", "x", *url, token=who)).one_line_error(4, "403 forbidden")
+    (await cli("level", "get", *url, token="client")).one_line_error(4, "403 forbidden")
     (await cli("level", "set", 2, "--model", "nope", "--reason", "x", *url)).one_line_error(
         1, "404 not_found", "unknown model 'nope'", "known models: demo")
     (await cli("kill", "--model", "nope", "--reason", "x", *url)).one_line_error(1, "404 not_found", "unknown model 'nope'")
@@ -186,7 +187,7 @@ async def test_refusals_are_one_line_errors_and_change_nothing(gw, cli):
     assert after["global"] == before["global"] and after["models"] == before["models"] and after["history"] == before["history"]
 
 
-async def test_no_token_or_no_gateway_is_exit_2(gw, cli):
+async def test_no_token_is_exit_2_no_gateway_exit_3(gw, cli):
     r = await cli("level", "get", "--url", gw.url, token=None)
     r.one_line_error(2, "set GATEWAY_TOKEN")
     r = await cli("kill", "--reason", "x", "--url", gw.url, token=None)
@@ -195,9 +196,9 @@ async def test_no_token_or_no_gateway_is_exit_2(gw, cli):
 
     nobody = f"http://127.0.0.1:{free_port()}"
     r = await cli("level", "get", "--url", nobody)
-    r.one_line_error(2, f"cannot reach the gateway at {nobody}", "ConnectError")
+    r.one_line_error(3, f"cannot reach the gateway at {nobody}", "ConnectError")
     r = await cli("review", "list", "--url", nobody, token="reviewer")
-    r.one_line_error(2, f"cannot reach the gateway at {nobody}")
+    r.one_line_error(3, f"cannot reach the gateway at {nobody}")
 
     r = await cli("level", "get", "--url", gw.url, token="operator")  # and with both, it works
     assert r.code == 0 and r.out.startswith("global  level 0")
@@ -285,8 +286,8 @@ async def test_review_refusals_are_one_line_errors(gw, cli):
         1, "400 bad_request", "no model answer to approve")
     (await cli("review", "decide", held, "agree", *url, token="reviewer")).one_line_error(1, "400 bad_request", "`action`")
     (await cli("review", "decide", held, "override", *url, token="reviewer")).one_line_error(1, "400 bad_request")
-    (await cli("review", "decide", held, "reject", *url, token="operator")).one_line_error(1, "403 forbidden")
-    (await cli("review", "list", *url, token="client")).one_line_error(1, "403 forbidden")
+    (await cli("review", "decide", held, "reject", *url, token="operator")).one_line_error(4, "403 forbidden")
+    (await cli("review", "list", *url, token="client")).one_line_error(4, "403 forbidden")
     (await cli("review", "show", "tk_nope", *url, token="reviewer")).one_line_error(1, "404 not_found", "no ticket 'tk_nope'")
     (await cli("review", "decide", held, "maybe", *url, token="reviewer")).one_line_error(2, "invalid choice: 'maybe'")
     assert (await _ticket(gw, held))["status"] == "pending" and (await _ticket(gw, human))["status"] == "pending"
@@ -357,7 +358,7 @@ async def test_odd_answers_and_tokens_end_in_one_line(case, cli, other_server, m
         code = 1
     elif case.startswith("error-field"):
         argv += ["--url", other_server(401, b'{"error": "invalid api key"}', "application/json")]
-        code = 1
+        code = 4  # 401: not authorised
     elif case.startswith("2xx"):
         argv += ["--url", other_server(200, b"<html>\n<body>welcome</body>\n</html>\n")]
         code = 1
@@ -394,7 +395,7 @@ async def test_versions_activate_and_rollback(gw2, cli):
     assert run.code == 0 and run.out.startswith("demo: v2 -> v1 (rollback")
     (await cli("activate", "demo", "v9", "--reason", "x", "--url", gw2.url)).one_line_error(1, "404 not_found")
     (await cli("activate", "demo", "v1", "--reason", "x", "--url", gw2.url)).one_line_error(1, "409 conflict", "already active")
-    (await cli("rollback", "demo", "--reason", "x", "--url", gw2.url, token="reviewer")).one_line_error(1, "403 forbidden")
+    (await cli("rollback", "demo", "--reason", "x", "--url", gw2.url, token="reviewer")).one_line_error(4, "403 forbidden")
     history = json.loads((await cli("versions", "demo", "--json", "--url", gw2.url)).out)["history"]
     assert [h["action"] for h in history[:2]] == ["rollback", "activate"]
 
@@ -413,3 +414,68 @@ async def test_incident_list_show_ack_note_resolve(gw2, cli):
     assert "detected" in shown and "acknowledged" in shown and "rotated" in shown and "resolved" in shown
     (await cli("incident", "show", "inc_nope", "--url", gw2.url)).one_line_error(1, "404 not_found")
     assert "resolved" in (await cli("incident", "list", "--status", "resolved", "--url", gw2.url)).out
+
+
+# as real processes: `python -m gateway ...` against the gateway ----------------------------------
+async def _gateway(*argv: object, env: dict[str, str] | None = None, closed_stdout: bool = False) -> Run:
+    """Run `python -m gateway ARGV` with GATEWAY_TOKEN and GATEWAY_URL unset unless `env` sets them."""
+    import os
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_TOKEN", "GATEWAY_URL")} | (env or {})
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", *map(str, argv), env=environment,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    if closed_stdout:  # the reader went away before anything was written: `gateway ... | head` at its worst
+        proc._transport.get_pipe_transport(1).close()  # type: ignore[attr-defined]
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    run = Run(proc.returncode, (out or b"").decode(), err.decode())
+    assert "Traceback" not in run.out + run.err, run
+    return run
+
+
+async def test_token_options_and_exit_codes_as_a_real_process(gw, cli, tmp_path):
+    url = ("--url", gw.url)
+    token_file = tmp_path / "operator.token"
+    token_file.write_text(TOKENS["operator"] + "\n")
+    wrong = "gw_not_a_token_the_gateway_knows"
+    nobody = f"http://127.0.0.1:{free_port()}"
+    with_file, forbidden, unknown, unreachable = await asyncio.gather(
+        _gateway("level", "get", "--token-file", token_file, *url),
+        _gateway("level", "set", 2, "--reason", "x", "--token", TOKENS["reviewer"], *url),
+        _gateway("level", "get", "--token", wrong, *url),
+        _gateway("level", "get", "--url", nobody, env={"GATEWAY_TOKEN": TOKENS["operator"]}),
+    )
+    assert with_file.code == 0 and with_file.out.startswith("global  level 0"), with_file
+    forbidden.one_line_error(4, "403 forbidden")
+    unknown.one_line_error(4, "401 unauthorized")
+    unreachable.one_line_error(3, f"cannot reach the gateway at {nobody}")
+    # what argparse and the token reader refuse needs no process of its own
+    missing = await cli("level", "get", "--token-file", tmp_path / "nope", *url, token=None)
+    missing.one_line_error(2, "cannot read the token file")
+    both = await cli("level", "get", "--token", wrong, "--token-file", token_file, *url, token=None)
+    both.one_line_error(2, "not allowed with argument")
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    (await cli("level", "get", "--token-file", empty, *url)).one_line_error(2, "is empty")
+    for run in (with_file, forbidden, unknown, unreachable, missing, both):  # a token is sent, never shown
+        assert all(secret not in run.out + run.err for secret in (wrong, *TOKENS.values())), run
+    assert (await _levels(gw))["global"]["level"] == 0
+
+
+async def test_times_for_people_numbers_in_json_and_a_closed_pipe(gw, cli):
+    env = {"GATEWAY_TOKEN": TOKENS["operator"], "GATEWAY_URL": gw.url}  # the environment, not --url
+    issued = await _gateway("token", "issue", "--id", "ci-bot", "--role", "client", "--ttl", "1h", "--reason", "ci",
+                            "--json", env=env)
+    assert issued.code == 0, issued
+    expires = json.loads(issued.out)["expires_at"]
+    table, as_json, closed = await asyncio.gather(_gateway("token", "list", env=env), _gateway("token", "list", "--json", env=env),
+                                                  _gateway("token", "list", "--json", env=env, closed_stdout=True))
+    line = next(line for line in table.out.splitlines() if line.startswith("ci-bot "))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+    assert table.code == 0 and f"expires {stamp}" in line and re.search(rf"expires {WHEN}", line), line
+    listed = next(t for t in json.loads(as_json.out)["tokens"] if t["id"] == "ci-bot")
+    assert isinstance(listed["expires_at"], (int, float)) and abs(listed["expires_at"] - expires) < 1
+    assert closed.code == 141 and closed.err == "", closed
+    r = await cli("token", "expire", "ci-bot", "--at", "2030-01-02T03:04:05Z", "--reason", "rotate", "--url", gw.url)
+    assert r.code == 0 and r.out.startswith("ci-bot: expires at 2030-01-02T03:04:05Z (epoch "), r
+    (await cli("token", "expire", "ci-bot", "--at", "soon", "--reason", "x", "--url", gw.url)).one_line_error(2, "ISO 8601")

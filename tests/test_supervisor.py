@@ -278,3 +278,26 @@ def test_workers_serve_tls_from_the_config_and_a_key_that_does_not_fit_is_one_li
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(f"error: {wrong}: listen.tls: cannot use {pki['server']} with {pki['client_key']}: ")
+
+
+def test_sighup_to_the_supervisor_reloads_the_config_on_every_worker(gateway):
+    import hashlib
+
+    import yaml
+
+    config = yaml.safe_load(gateway.config.read_text())
+    config["tokens"].append({"id": "added-later", "role": "client", "sha256": hashlib.sha256(b"gw_added_later").hexdigest()})
+    gateway.config.write_text(yaml.safe_dump(config, sort_keys=False))
+    clients = _pinned(gateway.url, 2)
+    try:
+        added = {"authorization": "Bearer gw_added_later"}
+        body = {"applicant": {"id": "w-2"}}
+        assert {c.post("/models/demo/predict", json=body, headers=added).status_code for c in clients.values()} == {401}
+        gateway.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while {c.post("/models/demo/predict", json=body, headers=added).status_code for c in clients.values()} != {200}:
+            assert time.monotonic() < deadline and gateway.proc.poll() is None, gateway.log()[-2000:]
+            time.sleep(0.1)
+    finally:
+        for client in clients.values():
+            client.close()

@@ -53,6 +53,7 @@ class OpsApi:
             caller(request, self.callers, "operator", "auditor")
         for name in self.catalog.models:
             self.metrics.level.labels(name).set(self.state.level_for(name))
+        await self.metrics.refresh()  # the queue's and incidents' figures: one cached store read each
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     async def list_models(self, request: Request) -> Response:

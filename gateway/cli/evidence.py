@@ -70,20 +70,18 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--until", help="end, exclusive")
     export.add_argument("--model", help="only this model's records")
     export.add_argument("-o", "--output", required=True, metavar="BUNDLE.tar.gz")
-    add_remote_arguments(export)
+    add_remote_arguments(export, json_output=False)  # it writes a file, not a table
     export.set_defaults(func=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
-    import os
-
     import httpx
+
+    from gateway.cli.remote import refusal, token as remote_token, unreachable
 
     if args.since and not args.until:
         raise CliError("--since needs --until", 2)
-    token = os.environ.get("GATEWAY_TOKEN")
-    if not token:
-        raise CliError("set GATEWAY_TOKEN to an auditor or operator token", 2)
+    token = remote_token(args)  # --token, --token-file or GATEWAY_TOKEN: an auditor or operator token
     params = {k: v for k, v in {"incident": args.incident, "since": args.since, "until": args.until, "model": args.model}.items() if v}
     out = Path(args.output)
     partial = out.with_name(out.name + ".part")
@@ -93,17 +91,16 @@ def _export(args: argparse.Namespace) -> int:
             if response.status_code != 200:
                 response.read()
                 try:
-                    error = response.json()["error"]
-                    message = f"{response.status_code} {error['type']}: {error['message']}"
-                except (ValueError, KeyError, TypeError):
-                    message = f"{response.status_code}: {response.text[:200]}"
-                raise CliError(message, 1)
+                    data = response.json()
+                except ValueError:
+                    data = None
+                raise refusal(response.status_code, response.reason_phrase, data, response.text)
             with open(partial, "wb") as f:
                 for chunk in response.iter_bytes():
                     f.write(chunk)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         partial.unlink(missing_ok=True)
-        raise CliError(f"cannot reach the gateway at {args.url}: {exc}", 2) from None
+        raise unreachable(args, exc) from None
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise CliError(f"cannot write {out}: {exc.strerror or exc}", 2) from None

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-
-import time
 from urllib.parse import quote
 
 from gateway.cli.remote import add_remote_arguments, call, show
+from gateway.cli.remote import when as _when
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,10 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--note", required=name != "ack", default="")
         add_remote_arguments(p)
         p.set_defaults(func=_act, action=name)
-
-
-def _when(at: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import time
 from urllib.parse import quote
 
 from gateway.cli.remote import add_remote_arguments, call, show
+from gateway.cli.remote import when as _when
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,10 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     kill.add_argument("--reason", required=True)
     add_remote_arguments(kill)
     kill.set_defaults(func=_kill)
-
-
-def _when(at: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
 
 
 def _get(args: argparse.Namespace) -> int:

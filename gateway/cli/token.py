@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 from urllib.parse import quote
 
 from gateway.auth import new_token
 from gateway.cli import CliError
 from gateway.cli.remote import add_remote_arguments, call, show
+from gateway.cli.remote import when as _when
 from gateway.config import ROLES
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
@@ -43,9 +43,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         action.add_argument("id")
         action.add_argument("--reason", required=True)
         if name == "expire":
-            action.add_argument("--at", type=float, help="unix time (default: now)")
+            action.add_argument("--at", type=_at, help="unix seconds or ISO 8601, e.g. 2026-11-27T10:00:00Z "
+                                                         "(no zone: UTC; default: now)")
         add_remote_arguments(action)
         action.set_defaults(func=_revoke if name == "revoke" else _expire)
+
+
+def _at(text: str) -> float:
+    """A time given as unix seconds or ISO 8601 (a time without a zone is UTC)."""
+    from datetime import datetime, timezone
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected unix seconds or ISO 8601 such as 2026-11-27T10:00:00Z (got {text!r})") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _check_id(value: str) -> None:
@@ -85,10 +101,6 @@ def _issue(args: argparse.Namespace) -> int:
          lambda d: f"token: {d['token']}\n# {d['id']} ({', '.join(d['roles'])}) issued {_confirmed(d)}; "
                    f"shown once, the gateway keeps only its hash")
     return 0
-
-
-def _when(at: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
 
 
 def _rows(data: dict) -> str:

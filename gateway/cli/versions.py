@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import time
 from urllib.parse import quote
 
 from gateway.cli.remote import add_remote_arguments, call, show
+from gateway.cli.remote import when as _when
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,10 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     rollback.add_argument("--reason", required=True)
     add_remote_arguments(rollback)
     rollback.set_defaults(func=_rollback)
-
-
-def _when(at: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
 
 
 def _versions(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,6 +37,7 @@ from gateway.console.web import (
 from gateway.errors import BadRequest, NotFound
 from gateway.policy import REASONS
 from gateway.review.queue import ReviewQueue
+from gateway.review.reading import answer_text, apply_fields, conversation, field_values
 from gateway.review.tickets import PENDING, DecisionIn, public_view
 
 QUEUE_LIMIT = 200
@@ -59,6 +61,16 @@ def _body_text(part: dict[str, Any] | None) -> tuple[str, bool]:
     return (shown, True) if shown is not None else (body, False)
 
 
+def _raw(part: dict[str, Any] | None) -> bytes | None:
+    """A ticket part's body as bytes (None when there is no part)."""
+    if not part:
+        return None
+    body = part.get("body", "")
+    if part.get("body_encoding") == "base64":
+        return base64.b64decode(body) if body else b""
+    return body.encode() if isinstance(body, str) else b""
+
+
 _ACTIONS = ("approve", "override", "reject")
 _VERDICTS = ("agree", "disagree")
 _SAID = {
@@ -70,9 +82,26 @@ _SAID = {
 }
 
 
-def decision_from(form) -> DecisionIn:
-    """A `DecisionIn` from the console's form, or a 400 that says what is wrong."""
+def _override_fields(form, fields: tuple[Any, ...], body: bytes | None) -> Any | None:
+    """The model's answer with the form's review fields applied, or None when the form has none."""
+    chosen = {}
+    for key, value in form.multi_items():
+        if key.startswith("field.") and key[6:].isdigit() and isinstance(value, str) and value != "":
+            chosen[int(key[6:])] = value
+    return apply_fields(fields, body, chosen) if chosen and fields else None
+
+
+def decision_from(form, *, fields: tuple[Any, ...] = (), answer: bytes | None = None) -> DecisionIn:
+    """A `DecisionIn` from the console's form, or a 400 that says what is wrong.
+
+    Override takes, in this order: the reviewer's text (`answer_text`, OpenAI clients), the
+    review fields (`field.N`, applied to the model's answer `answer`), the raw JSON
+    (`response`); `override-raw` takes the raw JSON whatever else the form holds.
+    """
     choice = field(form, "decision", required=True, what="the decision")
+    raw_only = choice == "override-raw"
+    if raw_only:
+        choice = "override"
     data: dict[str, Any] = {"note": field(form, "note", max_length=4000, what="the note")}
     reason = field(form, "reason", what="the reason")
     if reason:
@@ -81,7 +110,16 @@ def decision_from(form) -> DecisionIn:
         data["verdict"] = choice
     elif choice in _ACTIONS:
         data["action"] = choice
-        if choice == "override":
+        text_answer = form.get("answer_text")
+        built = None if raw_only or choice != "override" or isinstance(text_answer, str) else \
+            _override_fields(form, fields, answer)
+        if choice == "override" and not raw_only and isinstance(text_answer, str):
+            if not text_answer.strip():
+                raise BadRequest("an override needs the answer the client receives: type it")
+            data["answer_text"] = text_answer
+        elif choice == "override" and built is not None:
+            data["response"] = built
+        elif choice == "override":
             text = form.get("response")
             text = text if isinstance(text, str) else ""
             if not text.strip():
@@ -101,8 +139,10 @@ def decision_from(form) -> DecisionIn:
 
 class ReviewPages:
     def __init__(self, sessions: Sessions, hub: QueueHub, queue: ReviewQueue, *,
-                 max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES) -> None:
+                 max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES,
+                 review_fields: Callable[[str], tuple[Any, ...] | None] | None = None) -> None:
         self.sessions = sessions
+        self.review_fields = review_fields  # a model's policy `review_fields` (generic JSON answers), by model name
         self.hub = hub
         self.queue = queue
         self.max_body_bytes = max_body_bytes
@@ -117,6 +157,9 @@ class ReviewPages:
             Route("/console/review/{id}/release", self.release, methods=["POST"]),
             Route("/console/review/{id}/decide", self.decide, methods=["POST"]),
         ]
+
+    def _fields(self, model: str) -> tuple[Any, ...]:
+        return (self.review_fields(model) or ()) if self.review_fields is not None else ()
 
     async def _pending(self, request: Request) -> list[dict[str, Any]]:
         tickets = await self.queue.list(status=PENDING, kind=_kind(request), limit=QUEUE_LIMIT)
@@ -173,10 +216,22 @@ class ReviewPages:
         recommendation = ticket.get("recommendation")
         recommendation_body, is_json = _body_text(recommendation)
         override = recommendation_body if is_json else ""
+        chat = assistant = None
+        fields: list[dict[str, Any]] = []
+        answer = _raw(recommendation)
+        if ticket.get("api") == "openai":
+            chat = conversation(_raw(ticket.get("request")) or b"")
+            assistant = answer_text(answer) if answer is not None else None
+        elif self._fields(ticket["model"]):
+            fields = field_values(self._fields(ticket["model"]), answer)
+        decided = (ticket.get("decision") or {}).get("response")
+        decided_text = answer_text(json.dumps(decided).encode()) if ticket.get("api") == "openai" and decided else None
         can_decide = ticket["status"] == PENDING and session.has("reviewer")
         return render(request, "ticket.html", {
             "title": f"Ticket {ticket['id']}", "ticket": ticket, "request_body": request_body,
             "recommendation": recommendation, "recommendation_body": recommendation_body, "override": override,
+            "chat": chat, "assistant": assistant, "fields": fields, "decided_text": decided_text,
+            "text_override": ticket.get("api") == "openai" and ticket["kind"] in ("hold", "human"),
             "can_decide": can_decide, "own_request": ticket["caller"] == session.caller, "reasons": REASONS,
             "can_release": ticket["status"] == PENDING and ticket.get("claimed_by")
                            and (ticket["claimed_by"] == session.caller or session.has("operator")),
@@ -197,7 +252,12 @@ class ReviewPages:
 
     @action("reviewer")
     async def decide(self, request: Request, session: Session, form) -> Outcome:
-        decision = decision_from(form)
+        fields, answer = (), None
+        if any(key.startswith("field.") for key in form.keys()):
+            held = await self.queue.get(request.path_params["id"])
+            fields = self._fields(held.model)
+            answer = held.recommendation.body if held.recommendation is not None else None
+        decision = decision_from(form, fields=fields, answer=answer)
         ticket = await self.queue.decide(request.path_params["id"], session.caller, decision)
         said = _SAID[decision.action or decision.verdict].format(id=ticket.id, status=decision.status)
         return Outcome(said, public_view(ticket), back="/console/review")

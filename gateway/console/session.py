@@ -54,6 +54,7 @@ class Session:
     csrf: str
     created_at: float
     expires_at: float
+    via: str = "token"  # how it was opened: a bearer token, or "oidc" (single sign-on, `gateway.console.sso`)
 
     def has(self, *roles: str) -> bool:
         return not self.roles.isdisjoint(roles)
@@ -78,15 +79,18 @@ class Sessions:
         # Roles as configured now (token id -> roles): a token removed from the config (or a
         # role taken away) ends its sessions on the next request, not 8 hours later.
         self._configured = configured
+        # The console roles single sign-on can grant now (none without `console.oidc`): an SSO session keeps
+        # only these, so taking SSO out of the config ends its sessions too.
+        self.sso_roles: frozenset[str] = frozenset()
 
-    async def create(self, caller: Caller) -> tuple[str, Session]:
+    async def create(self, caller: Caller, *, via: str = "token") -> tuple[str, Session]:
         """A new session for `caller`; returns the cookie value and the session."""
         sid = secrets.token_urlsafe(32)
         now = time.time()
         roles = frozenset(r for r in caller.roles if r in CONSOLE_ROLES)
-        session = Session(_store_key(sid), caller.id, roles, secrets.token_urlsafe(32), now, now + LIFETIME)
+        session = Session(_store_key(sid), caller.id, roles, secrets.token_urlsafe(32), now, now + LIFETIME, via)
         doc = {"id": session.key, "caller": caller.id, "roles": sorted(roles), "csrf": session.csrf,
-               "created_at": now, "expires_at": session.expires_at}
+               "created_at": now, "expires_at": session.expires_at, "via": via}
         await self.store.insert(SESSIONS, session.key, doc)
         self._remember(session.key, session)
         await self._purge_expired(now)
@@ -109,14 +113,15 @@ class Sessions:
         if session.expires_at <= time.time():
             await self._forget(key)
             return None
-        current = self._configured.get(session.caller)
+        current = self.sso_roles if session.via == "oidc" else self._configured.get(session.caller)
         if current is None:
             return None
         roles = session.roles & current
         if not roles:
             return None
         if roles != session.roles:
-            session = Session(session.key, session.caller, roles, session.csrf, session.created_at, session.expires_at)
+            session = Session(session.key, session.caller, roles, session.csrf, session.created_at, session.expires_at,
+                              session.via)
         return session
 
     async def end(self, session: Session) -> None:
@@ -135,7 +140,7 @@ class Sessions:
     def _from_doc(key: str, doc: dict[str, Any]) -> Session | None:
         try:
             return Session(key, str(doc["caller"]), frozenset(doc["roles"]), str(doc["csrf"]),
-                           float(doc.get("created_at", 0)), float(doc["expires_at"]))
+                           float(doc.get("created_at", 0)), float(doc["expires_at"]), str(doc.get("via", "token")))
         except (KeyError, TypeError, ValueError):
             return None
 

@@ -45,8 +45,10 @@ def _home(roles) -> str:
 
 class SignIn:
     def __init__(self, sessions: Sessions, hub: QueueHub, callers: Callers, recorder: Recorder, *,
-                 refused: Callable[[str], None], max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES) -> None:
+                 refused: Callable[[str], None], max_body_bytes: int = DEFAULT_CONTROL_BODY_BYTES,
+                 sso_label: str | None = None) -> None:
         self.sessions = sessions
+        self.sso_label = sso_label  # with `console.oidc`: the sign-in page also links to single sign-on (sso.py)
         self.hub = hub
         self.callers = callers
         self.recorder = recorder
@@ -65,7 +67,8 @@ class SignIn:
         if session is not None:
             return RedirectResponse(_next(request.query_params.get("next")) or _home(session.roles), status_code=303,
                                     headers={"cache-control": "no-store"})
-        return render(request, "login.html", {"title": "Sign in", "next": _next(request.query_params.get("next")) or ""})
+        return render(request, "login.html", {"title": "Sign in", "next": _next(request.query_params.get("next")) or "",
+                                              "sso_label": self.sso_label})
 
     async def login(self, request: Request) -> Response:
         if not same_origin(request):
@@ -76,7 +79,8 @@ class SignIn:
         target = _next(form.get("next") if isinstance(form.get("next"), str) else None)
 
         def again(message: str, status: int) -> Response:
-            return render(request, "login.html", {"title": "Sign in", "next": target or "", "error": message}, status=status)
+            return render(request, "login.html", {"title": "Sign in", "next": target or "", "error": message,
+                                                 "sso_label": self.sso_label}, status=status)
 
         try:
             caller = self.callers.authorize(f"Bearer {token}" if token else None)

@@ -18,6 +18,7 @@ _ACTIVE = "active/"
 _VERIFICATION = "verify/"
 _REGISTRATION = "version/"
 TOKENS = "token/"  # prefix of every credential document (tokens issued or revoked at run time)
+RELOAD = "reload"  # the latest request to re-read the config and policy files (`gateway.reload`)
 
 
 def level(model: str | None) -> str:
@@ -77,7 +78,12 @@ class Token:
     id: str
 
 
-Key = Level | Active | Verification | Registration | Sampling | Token
+@dataclass(frozen=True, slots=True)
+class Reload:
+    pass
+
+
+Key = Level | Active | Verification | Registration | Sampling | Token | Reload
 
 
 def parse(key: str) -> Key | None:
@@ -90,6 +96,8 @@ def parse(key: str) -> Key | None:
         return Active(key[len(_ACTIVE):])
     if key == SAMPLING:
         return Sampling()
+    if key == RELOAD:
+        return Reload()
     if key.startswith(TOKENS) and len(key) > len(TOKENS):
         return Token(key[len(TOKENS):])
     for prefix, kind in ((_VERIFICATION, Verification), (_REGISTRATION, Registration)):

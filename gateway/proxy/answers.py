@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from gateway.errors import error_body
@@ -21,6 +22,7 @@ from gateway.proxy.exchange import Exchange
 from gateway.proxy.headers import client_response_headers, header_value
 from gateway.proxy.inflight import STREAMING
 from gateway.proxy.stages import Answer
+from gateway.proxy.usage import usage_of
 
 if TYPE_CHECKING:
     from gateway.review.tickets import Ticket
@@ -48,10 +50,15 @@ async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_
     """Pass the upstream answer through, keeping a copy when `capture` (up to `capture_limit` bytes)."""
     ex.status = ex.response_status = response.status
     headers = client_response_headers(response.headers, keep_length=response.status not in _NO_LENGTH)
+    counted = ex.api == "openai" and response.status < 400  # tokens from the answer's `usage`
     if response.complete:
         body = response.take_body()
+        if counted:
+            ex.usage = usage_of(body)
         if capture:
             ex.keep_answer(response.status, headers, body, capture_limit)
+        elif ex.span is not None:
+            ex.peek = body  # traced: its token usage is read after it is sent
         await on_complete()  # recorded before the client sees any of it
         _check_level(ex, body, whole=True)
         ex.sent_start = True
@@ -63,14 +70,21 @@ async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_
     kept: list[bytes] = []
     size = sent = 0
     held = b""
+    before = latest = b""  # the last two chunks read: where a stream's usage is (references, no copies)
     ex.phase, ex.stop = STREAMING, lambda: response.abort("the oversight level rose while this answer streamed")
     try:
+        waited = perf_counter()
         first = await response.read_chunk()  # an answer broken from its first bytes is a 502, not a broken 200
+        first_wait = perf_counter() - waited
+        ex.waiting_seconds += first_wait  # waiting for the first chunk is the upstream's time, not the gateway's
+        if ex.stream and counted:
+            ex.first_token = ex.upstream_seconds + first_wait
         _check_level(ex, first, whole=response.complete and not first)
         ex.sent_start = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers + ex.gateway_headers()})
         chunk = first
         while chunk:
+            before, latest = latest, chunk
             if capture and size <= capture_limit:
                 kept.append(chunk)
                 size += len(chunk)
@@ -87,6 +101,8 @@ async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_
         response.release()
         if capture:
             ex.keep_answer(response.status, headers, b"".join(kept), capture_limit, truncated=size > capture_limit)
+    if counted and latest:
+        ex.usage = usage_of(latest) or (usage_of(before[-4096:] + latest) if before else None)
     await on_complete()
     ex.finished = True
     await send({"type": "http.response.body", "body": held})

@@ -36,7 +36,7 @@ log = logging.getLogger("gateway.proxy")
 class DataPlane:
     def __init__(self, *, callers: Callers, resolver: Resolver, gate: ServingGate, planner: Planning,
                  holding: Holding, recording: Recording, observers: Sequence[Observer], inflight: InFlight,
-                 limits: Limits) -> None:
+                 limits: Limits, tracing: Any = None) -> None:
         self.callers = callers
         self.resolver = resolver
         self.gate = gate
@@ -47,6 +47,7 @@ class DataPlane:
         self.inflight = inflight
         self.limit = limits.max_body_bytes
         self.buffer_limit = limits.max_response_buffer_bytes
+        self.tracing = tracing  # gateway.tracing.Tracing, or None (off: no span is made, not even a no-op one)
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -56,6 +57,8 @@ class DataPlane:
         client = scope.get("client")
         if client:
             ex.client_addr = client[0]
+        if self.tracing is not None:
+            self.tracing.begin(ex, headers, scope["method"])
         task = asyncio.current_task()
         watcher: asyncio.Task[None] | None = None
         try:

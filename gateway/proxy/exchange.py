@@ -27,7 +27,8 @@ class Exchange:
         "upstream_seconds", "disconnected", "finished", "error_type", "method", "target",
         "request_body", "response_status", "response_headers", "response_body", "confidence", "ticket", "truncated",
         "sent_start", "client_addr", "upstream_error", "api", "stream", "attached", "raised_to", "phase", "stop",
-        "decoded_from", "unreadable", "v1",
+        "decoded_from", "unreadable", "v1", "span", "trace_headers", "peek",
+        "waiting_seconds", "headers_at", "overhead", "usage", "first_token",
     )
 
     def __init__(self, request_id: bytes, started: float | None = None) -> None:
@@ -64,6 +65,15 @@ class Exchange:
         self.raised_to: int | None = None  # the level rose while this exchange was in flight (see inflight)
         self.phase: str | None = None  # "upstream" (waiting for the answer's head) or "streaming": interruptible
         self.stop = None  # in those phases, what interrupts it (cancel the upstream call, end the stream)
+        self.waiting_seconds = 0.0  # before the headers, waited on others besides `upstream_seconds`: the rest of
+        #                             the model's answer (a first chunk, a buffered body), a reviewer's decision
+        self.headers_at: float | None = None  # when the answer's headers went out (perf_counter)
+        self.overhead: float | None = None  # the gateway's own time to those headers (X-Gateway-Overhead-Ms)
+        self.usage: tuple[int, int] | None = None  # an OpenAI answer's (input, output) tokens, from its `usage`
+        self.first_token: float | None = None  # a stream: seconds from sending upstream to its first chunk
+        self.span = None  # with tracing on (gateway.tracing): this exchange's span; off, always None
+        self.trace_headers: list[tuple[bytes, bytes]] | None = None  # traceparent (tracestate) naming it upstream
+        self.peek: bytes | None = None  # with tracing on, a whole answer not captured: read for its token usage
 
     def keep_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, limit: int, *,
                     truncated: bool = False) -> None:
@@ -76,7 +86,9 @@ class Exchange:
         self.response_headers, self.response_body, self.decoded_from = decoded_headers(headers), content.body, content.codings
 
     def gateway_headers(self) -> list[tuple[bytes, bytes]]:
-        overhead = perf_counter() - self.started - self.upstream_seconds
+        """Called as the answer's headers go out: what the gateway itself took to them, without upstream or human waits."""
+        self.headers_at = now = perf_counter()
+        self.overhead = overhead = now - self.started - self.upstream_seconds - self.waiting_seconds
         headers = [(b"x-request-id", self.request_id)]
         if self.version:
             headers.append((b"x-model-version", self.version.encode()))

@@ -24,6 +24,8 @@ async def forward(route: VersionRoute, ex: Exchange, client_headers: list[tuple[
     """Send the request upstream; returns once the answer's status and headers arrived."""
     headers = upstream_request_headers(client_headers, request_id=ex.request_id, client_addr=ex.client_addr.encode(),
                                        scheme=scheme, extra=route.extra_headers)
+    if ex.trace_headers is not None:  # traced: the upstream's parent is this exchange's span, not the client's
+        headers = [h for h in headers if h[0] != b"traceparent" and h[0] != b"tracestate"] + ex.trace_headers
     renamed = route.served_name is not None and ex.v1 is not None and isinstance(body, bytes)
     if renamed:  # the upstream serves this model under another name
         body = upstream_body(body, ex.v1, route.served_name)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from time import perf_counter
 from typing import Protocol
 
 from gateway.openai.completions import error_event, waiting_comment
@@ -34,9 +35,11 @@ from gateway.proxy.headers import client_response_headers
 from gateway.proxy.outcome import answer_for, stream_for
 from gateway.proxy.prefer import Preferences, parse_prefer
 from gateway.proxy.stages import Answer, Planning, Recording
+from gateway.proxy.usage import usage_of
 from gateway.redaction import redact_headers
 from gateway.review.retries import RetryHints, fingerprint
 from gateway.review.tickets import HeldRequest, Kind, Recommendation, Ticket
+from gateway.tracing import traceparent_of
 
 Headers = list[tuple[bytes, bytes]]
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -99,13 +102,16 @@ class Holding:
     async def hold_or_release(self, headers: Headers, ex: Exchange, plan: Plan, response: Answer, send,
                               read: bytes = b"") -> None:
         """Levels 2 and 3: the whole answer is read before anything reaches the client."""
+        waited = perf_counter()
         try:
             body = await answers.read_all(response, self.buffer_limit, read)
         except answers.AnswerTooLarge:
+            ex.waiting_seconds += perf_counter() - waited
             ex.route = HELD
             await self._hold(headers, ex, plan, send, kind="hold", recommendation=None,
                              reason=f"the answer is larger than limits.max_response_buffer_bytes ({self.buffer_limit}); not kept")
             return
+        ex.waiting_seconds += perf_counter() - waited  # reading the model's whole answer is the upstream's time
         await self._judge(headers, ex, plan, response, body, send)
 
     async def raised(self, headers: Headers, ex: Exchange, response: Answer | None,
@@ -129,6 +135,8 @@ class Holding:
         """Hold the whole answer (level 3, or below the threshold at level 2), or release it."""
         out_headers = client_response_headers(response.headers, keep_length=False)
         ex.keep_answer(response.status, out_headers, body, self.buffer_limit)  # what is read is the decoded content
+        if ex.api == "openai" and response.status < 400 and ex.response_body:
+            ex.usage = usage_of(ex.response_body)  # the model's tokens, whatever a reviewer decides
         recommendation = Recommendation.of(response.status, ex.response_headers, ex.response_body or b"")
         source = self.confidence[ex.model]
         ex.confidence = None if ex.unreadable else read_confidence(source, response.headers, ex.response_body or b"")
@@ -186,7 +194,9 @@ class Holding:
         if ex.api == "openai" and ex.stream and not prefer.respond_async:
             await self._stream_decision(ex, ticket, wait, send)
             return
+        waited = perf_counter()
         closed = ticket if not ticket.pending else (await self.queue.wait(ticket.id, wait) if wait > 0 else None)
+        ex.waiting_seconds += perf_counter() - waited  # a human's time, not the gateway's (X-Gateway-Overhead-Ms)
         extra = [(b"preference-applied", applied)] if applied else []
         if closed is not None:
             status, out_headers, body = answer_for(closed)
@@ -248,7 +258,8 @@ class Holding:
                           recommendation=recommendation, confidence=ex.confidence, timeout=timeout,
                           policy_version=self.policy_version, api=ex.api, stream=ex.stream,
                           fingerprint=self._fingerprint(ex) if held else None,
-                          idempotency_key=RetryHints.of(headers).idempotency_key if held else None)
+                          idempotency_key=RetryHints.of(headers).idempotency_key if held else None,
+                          trace=traceparent_of(ex) if ex.trace_headers is not None else None)
 
     def _request(self, ex: Exchange, headers: Headers) -> HeldRequest:
         pairs = tuple((k, v) for k, v in redact_headers(headers, self.redact))

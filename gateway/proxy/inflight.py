@@ -47,6 +47,10 @@ class InFlight:
         if exchanges is not None:
             exchanges.discard(ex)
 
+    def counts(self) -> dict[str, int]:
+        """Exchanges in flight per model now (read by the metrics at scrape time)."""
+        return {model: len(exchanges) for model, exchanges in list(self._by_model.items())}
+
     def on_state_change(self, key: keys.Key, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
         if isinstance(key, keys.Level):
             self._reassess(list(self._by_model) if key.model is None else [key.model], key.model or "*")

@@ -20,15 +20,20 @@ def final_status(ex: Exchange) -> int:
 
 
 class TrafficMetrics:
-    """Requests, durations, overhead and upstream failures as Prometheus metrics."""
+    """Requests, durations (to the headers, to the end), the gateway's own overhead, upstream failures, tokens."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def observe(self, ex: Exchange) -> None:
-        elapsed = perf_counter() - ex.started
+        now = perf_counter()
+        to_end = now - ex.started
+        to_headers = (ex.headers_at if ex.headers_at is not None else now) - ex.started
+        overhead = ex.overhead if ex.overhead is not None else to_headers - ex.upstream_seconds - ex.waiting_seconds
         model, version = ex.model or "-", ex.version or "-"
-        self.metrics.observe(model, version, final_status(ex), ex.route, elapsed, elapsed - ex.upstream_seconds)
+        self.metrics.observe(model, version, final_status(ex), ex.route, to_headers, overhead, to_end)
+        if ex.usage is not None or ex.first_token is not None:
+            self.metrics.llm(model, version, ex.usage, ex.first_token)
         if ex.upstream_error is not None:
             self.metrics.upstream_error(model, version, ex.upstream_error)
         elif ex.response_status >= 500:

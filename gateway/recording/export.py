@@ -30,7 +30,7 @@ from gateway.integrity.gate import IntegrityGate
 from gateway.policy import Policy
 from gateway.recording.evidence import EvidenceRecorder
 from gateway.recording.fleet_export import FleetExport, Window
-from gateway.redaction import REDACTED
+from gateway.redaction import scrubbed_config  # lived here; `gateway config show` shares it
 from gateway.store import AuditTrail, Collections
 
 
@@ -155,26 +155,6 @@ class Exports:
                     continue
                 out.append(ticket)
         return sorted(out, key=lambda t: t.get("created_at", 0))
-
-
-def scrubbed_config(config: Config) -> dict[str, Any]:
-    """The config as it runs, minus anything secret: upstream credentials, keys, token hashes."""
-    data = config.model_dump(mode="json", exclude={"source"})
-    data["tokens"] = [{"id": t["id"], "role": t.get("role"), "roles": t.get("roles")} for t in data.get("tokens", [])]
-    for model in data.get("models", {}).values():
-        for version in model.get("versions", {}).values():
-            version["headers"] = {name: REDACTED for name in version.get("headers", {})}
-    for target in data.get("notifications") or []:  # webhook credentials: headers, PagerDuty keys, Slack-style URLs
-        target["headers"] = {name: REDACTED for name in target.get("headers") or {}}
-        if target.get("routing_key"):
-            target["routing_key"] = REDACTED
-        scheme, _, rest = str(target.get("url", "")).partition("://")
-        target["url"] = f"{scheme}://{rest.split('/', 1)[0]}/{REDACTED}" if rest else REDACTED
-    evidence = data.get("evidence", {})
-    if evidence.get("encryption_key"):
-        evidence["encryption_key"] = REDACTED
-    evidence["previous_keys"] = {kid: REDACTED for kid in evidence.get("previous_keys", {})}
-    return data
 
 
 def _json(value: Any) -> bytes:

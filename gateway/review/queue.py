@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from gateway.background import every
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
-from gateway.openai.completions import is_completion
+from gateway.openai.completions import completion_from_text, is_completion
 from gateway.policy import Review
 from gateway.recorder import NullRecorder, Recorder
 from gateway.review.retries import RetryHints, RetryIndex
@@ -51,6 +51,7 @@ class ReviewQueue:
         self.recorder: Recorder = recorder or NullRecorder()
         self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._listeners: list[QueueListener] = []
+        self._closed_listeners: list[Callable[[Ticket], None]] = []  # e.g. metrics: each ticket decided or expired here
         self._sweeper: asyncio.Task[None] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
         self._samples: list[Ticket] = []
@@ -78,6 +79,31 @@ class ReviewQueue:
     def add_listener(self, listener: QueueListener) -> None:
         """Called with every queue event (created, claimed, decided), e.g. for live consoles."""
         self._listeners.append(listener)
+
+    def on_closed(self, listener: Callable[[Ticket], None]) -> None:
+        """Called (in memory, at once) with each ticket this replica decided or expired."""
+        self._closed_listeners.append(listener)
+
+    def _closed(self, ticket: Ticket) -> None:
+        for listener in self._closed_listeners:
+            try:
+                listener(ticket)
+            except Exception:
+                log.exception("review close listener failed")
+
+    async def pending_summary(self, limit: int = 10_000) -> dict[str, Any]:
+        """For the metrics, at scrape time: pending tickets per (model, kind) with the oldest one's creation,
+        and each model's soonest deadline. One indexed read of the pending tickets (`limit`, oldest first)."""
+        pending: dict[tuple[str, str], tuple[int, float]] = {}
+        next_expiry: dict[str, float] = {}
+        for doc in await self.store.query(TICKETS, where={"status": PENDING}, newest_first=False, limit=limit):
+            key = (doc.get("model") or "-", doc.get("kind") or "-")
+            count, oldest = pending.get(key, (0, float("inf")))
+            pending[key] = (count + 1, min(oldest, float(doc.get("created_at") or 0)))
+            expires = doc.get("expires_at")
+            if expires is not None:
+                next_expiry[key[0]] = min(next_expiry.get(key[0], float("inf")), float(expires))
+        return {"pending": pending, "next_expiry": next_expiry}
 
     def remove_listener(self, listener: QueueListener) -> None:
         if listener in self._listeners:
@@ -204,13 +230,19 @@ class ReviewQueue:
                 raise BadRequest("a held ticket takes an `action`: approve, override or reject")
             if decision_in.action == "approve" and ticket.recommendation is None:
                 raise BadRequest("there is no model answer to approve (the model was not called): override or reject")
-            if (decision_in.action == "override" and ticket.api == "openai"
+            if (decision_in.action == "override" and ticket.api == "openai" and decision_in.answer_text is None
                     and not isinstance(decision_in.response, str) and not is_completion(decision_in.response)):
                 raise BadRequest("an OpenAI client asked: override with the answer's text, or a whole completion "
                                  "with `choices`", param="response")
-        decision = decision_in.by(reviewer, time.time())
+            if decision_in.answer_text is not None and ticket.api != "openai":
+                raise BadRequest("`answer_text` is for OpenAI clients; this model's answer is JSON: override with "
+                                 "`response`", param="answer_text")
+        built = (completion_from_text(decision_in.answer_text, model=ticket.model, path=ticket.request.path)
+                 if decision_in.answer_text is not None else None)
+        decision = decision_in.by(reviewer, time.time(), built=built)
         updated = ticket.closed(DECIDED, decision)
         await self._replace(ticket, updated)
+        self._closed(updated)
         if self.on_verdict is not None:
             self.on_verdict(ticket, decision)
         outcome = {k: v for k, v in decision.to_doc().items() if k not in ("by", "at", "note")}
@@ -292,6 +324,7 @@ class ReviewQueue:
         except Conflict:  # decided or expired elsewhere meanwhile: that is the outcome
             doc = await self.store.get(TICKETS, ticket.id)
             return Ticket.from_doc(doc) if doc else ticket
+        self._closed(expired)
         await self.recorder.action("review_expiry", actor=decision.by, reason=decision.note, ticket=ticket.id,
                                    request_id=ticket.request_id, model=ticket.model, decision={"action": action})
         await self._announce(DECISIONS_TOPIC, {"event": "expired", "ticket": ticket.id})

@@ -135,16 +135,17 @@ class Ticket:
     stream: bool = False  # the client asked for a stream
     fingerprint: str | None = None  # of the request (caller, method, target, body): a retry has the same one
     idempotency_key: str | None = None  # the client's Idempotency-Key, if it sent one
+    trace: str | None = None  # with tracing on: the `traceparent` of the request's span (a decision's span links to it)
 
     @classmethod
     def new(cls, *, kind: Kind, request_id: str, caller: str, model: str, version: str, level: int, reason: str,
             request: HeldRequest, recommendation: Recommendation | None, confidence: float | None,
             timeout: float | None, policy_version: str, api: str = "generic", stream: bool = False,
-            fingerprint: str | None = None, idempotency_key: str | None = None) -> "Ticket":
+            fingerprint: str | None = None, idempotency_key: str | None = None, trace: str | None = None) -> "Ticket":
         now = time.time()
         return cls(new_ticket_id(), kind, PENDING, request_id, caller, model, version, level, reason, now,
                    now + timeout if timeout is not None else None, request, recommendation, confidence, policy_version,
-                   api=api, stream=stream, fingerprint=fingerprint, idempotency_key=idempotency_key)
+                   api=api, stream=stream, fingerprint=fingerprint, idempotency_key=idempotency_key, trace=trace)
 
     @property
     def pending(self) -> bool:
@@ -159,7 +160,7 @@ class Ticket:
         return replace(self, status=status, decision=decision)
 
     def to_doc(self) -> dict[str, Any]:
-        return {
+        doc = {
             "id": self.id, "kind": self.kind, "status": self.status, "request_id": self.request_id, "caller": self.caller,
             "model": self.model, "version": self.version, "level": self.level, "reason": self.reason,
             "created_at": self.created_at, "expires_at": self.expires_at, "request": self.request.to_doc(),
@@ -168,6 +169,9 @@ class Ticket:
             "decision": self.decision.to_doc() if self.decision else None, "policy_version": self.policy_version,
             "api": self.api, "stream": self.stream, "fingerprint": self.fingerprint, "idempotency_key": self.idempotency_key,
         }
+        if self.trace is not None:
+            doc["trace"] = self.trace
+        return doc
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> "Ticket":
@@ -178,7 +182,7 @@ class Ticket:
             HeldRequest.from_doc(doc.get("request") or {}), Recommendation.from_doc(rec) if rec else None,
             doc.get("confidence"), doc.get("policy_version", ""), doc.get("claimed_by"), doc.get("claim_until"),
             Decision.from_doc(decision) if decision else None, doc.get("api", "generic"), bool(doc.get("stream")),
-            doc.get("fingerprint"), doc.get("idempotency_key"),
+            doc.get("fingerprint"), doc.get("idempotency_key"), doc.get("trace"),
         )
 
 
@@ -190,6 +194,9 @@ class DecisionIn(BaseModel):
     verdict: Literal["agree", "disagree"] | None = None
     note: str = Field("", max_length=4000)
     response: Any = Field(None, description="override only: the answer the client receives (JSON)")
+    answer_text: str | None = Field(None, max_length=1_000_000, description=(
+        "override only, for an OpenAI client: the reviewer's text, from which the gateway builds the "
+        "`chat.completion` (or `text_completion`) the client receives, streamed if it asked for a stream"))
     status: int = Field(200, ge=200, le=599, description="override only: the HTTP status of that answer")
     reason: Literal["gibberish", "harmful", "contradiction", "false", "biased", "other"] | None = Field(
         None, description="why the model's answer was wrong: with disagree, override or reject (output-quality monitoring)")
@@ -198,19 +205,23 @@ class DecisionIn(BaseModel):
     def _shape(self) -> "DecisionIn":
         if (self.action is None) == (self.verdict is None):
             raise ValueError("give `action` (approve, override, reject) or, for a sampled ticket, `verdict` (agree, disagree)")
-        if self.action == "override" and self.response is None:
-            raise ValueError("an override needs `response`, the answer the client receives")
-        if self.action != "override" and self.response is not None:
-            raise ValueError("`response` goes only with action override")
+        if self.answer_text is not None and self.response is not None:
+            raise ValueError("give `answer_text` (the reviewer's text) or `response` (the whole answer), not both")
+        if self.action == "override" and self.response is None and self.answer_text is None:
+            raise ValueError("an override needs `response`, the answer the client receives (or `answer_text`)")
+        if self.action != "override" and (self.response is not None or self.answer_text is not None):
+            raise ValueError("`response` and `answer_text` go only with action override")
         if self.reason is not None and (self.verdict == "agree" or self.action == "approve"):
             raise ValueError("`reason` says why an answer was wrong: it goes with disagree, override or reject")
         return self
 
-    def by(self, reviewer: str, at: float) -> Decision:
+    def by(self, reviewer: str, at: float, *, built: Any = None) -> Decision:
+        """The decision taken; `built`: the answer the gateway built from `answer_text`."""
         if self.verdict is not None:
             return Decision(reviewer, at, self.note, verdict=self.verdict, reason=self.reason)
         override = self.action == "override"
-        return Decision(reviewer, at, self.note, action=self.action, response=self.response if override else None,
+        response = built if built is not None else self.response
+        return Decision(reviewer, at, self.note, action=self.action, response=response if override else None,
                         status=self.status if override else None, reason=self.reason)
 
 

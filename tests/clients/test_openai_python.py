@@ -43,6 +43,21 @@ def test_an_approved_answer_is_the_models_answer(gateway, reviewer, demo, stream
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_an_answer_text_override_is_built_into_the_answer(gateway, reviewer, demo, stream):
+    """`answer_text` on the review API: the gateway builds the completion (and its stream) from the reviewer's text."""
+    reviewer.will("held", "override", answer_text="A person says: 1,500 EUR.")
+    if stream:
+        chunks = list(_client(gateway).chat.completions.create(model="held", messages=message(_unique("limit?")), stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "A person says: 1,500 EUR."
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    else:
+        completion = _client(gateway).chat.completions.create(model="held", messages=message(_unique("limit?")))
+        assert completion.choices[0].message.content == "A person says: 1,500 EUR."
+        assert (completion.model, completion.object, completion.choices[0].finish_reason) == ("held", "chat.completion", "stop")
+    assert demo.stats()["requests"] == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_an_override_is_the_reviewers_answer(gateway, reviewer, demo, stream):
     reviewer.will("held", "override", response="Your limit is 2,000 EUR (checked by a person).")
     if stream:

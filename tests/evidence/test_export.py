@@ -46,7 +46,7 @@ async def test_an_exported_bundle_verifies_alone_and_fails_when_changed(make_gat
         assert refused == 2 and "--since needs --until" in capsys.readouterr().err
         monkeypatch.setenv("GATEWAY_TOKEN", TOKENS["client"])
         assert await asyncio.to_thread(main, ["evidence", "export", "--incident", "inc_nope", "-o", str(tmp_path / "y"),
-                                              "--url", gw.url]) == 1
+                                              "--url", gw.url]) == 4  # not authorised
         assert "403 forbidden" in capsys.readouterr().err
         signing_pub = gw.gateway.config.data_dir / "evidence-signing.pub"
 

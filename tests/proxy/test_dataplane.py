@@ -280,7 +280,7 @@ async def test_metrics_count_requests_by_model_version_and_status(gw):
     text = (await gw.client.get("/metrics", headers=auth("operator"))).text
     assert 'gateway_requests_total{model="demo",route="auto",status="200",version="v1"} 1.0' in text
     assert 'gateway_upstream_errors_total{kind="connect",model="down",version="d1"} 1.0' in text
-    assert 'gateway_request_duration_seconds_count{model="demo",version="v1"} 1.0' in text
+    assert 'gateway_request_duration_seconds_count{model="demo",route="auto",version="v1"} 1.0' in text
     assert 'gateway_oversight_level{model="demo"} 0.0' in text
 
 

@@ -52,6 +52,9 @@ async def test_a_decision_is_final(held):
     ({"action": "approve", "verdict": "agree"}, "give `action`"),
     ({"action": "override"}, "needs `response`"),
     ({"action": "approve", "response": {"x": 1}}, "only with action override"),
+    ({"action": "approve", "answer_text": "yes"}, "only with action override"),
+    ({"action": "override", "answer_text": "yes", "response": {"x": 1}}, "not both"),
+    ({"action": "override", "answer_text": "approved"}, "`answer_text` is for OpenAI clients"),  # a generic JSON model
     ({"action": "reject", "extra": 1}, "unknown field"),
     ({"verdict": "agree"}, "takes an `action`"),
     ("not an object", "valid dictionary"),

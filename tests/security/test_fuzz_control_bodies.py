@@ -61,6 +61,7 @@ ACCEPTED: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/admin/tokens"): {"id": "fz-new", "roles": ["client"], "ttl": 60, "reason": "r"},
     ("POST", "/admin/tokens/{id}/revoke"): {"reason": "r"},
     ("POST", "/admin/tokens/{id}/expire"): {"reason": "r", "at": 4102444800},
+    ("POST", "/admin/reload"): {"reason": "r"},
 }
 
 POISONS = ["NaN", "Infinity", "-Infinity", "1e400", "-1e999", "18446744073709551616", "-9223372036854775809", "1" * 5000,
