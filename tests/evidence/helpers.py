@@ -63,3 +63,29 @@ def all_bytes(directory: Path) -> bytes:
         for name in files:
             chunks.append(Path(root, name).read_bytes())
     return b"\n".join(chunks)
+
+
+def rewrite_log(directory: Path, key, records: list[dict]) -> None:
+    """Replace a log's contents with `records`, signed by `key` (its own), keeping its identity: what a forger with
+    the writer's key and the files can do. The writer must be stopped; the caller holds its lock if others might open it."""
+    import shutil
+
+    from gateway.evidence import LogReader
+
+    reader = LogReader.open(directory)
+    origin = reader.origin
+    reader.close()
+    forged = directory.with_name(directory.name + ".forged")
+    with EvidenceLog.open(forged, signing_key=key, origin=origin) as log:
+        for record in records:
+            bodies = record.pop("bodies", None)
+            log.append(record, {k: v for k, v in (bodies or {}).items() if isinstance(v, bytes)} or None)
+    for name in ("segments", "tree", "checkpoints.log", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        target = directory / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+        if (forged / name).exists():
+            shutil.move(str(forged / name), str(target))
+    shutil.rmtree(forged)

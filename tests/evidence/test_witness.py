@@ -9,7 +9,6 @@ bundle verifier both see it.
 from __future__ import annotations
 
 import io
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from gateway.evidence import (EvidenceLog, LogReader, Witness, read_witnessed, v
 from gateway.evidence.cosignature import cosign, parse_witnessed, witness_name
 from gateway.evidence.crypto import generate_signing_key, public_pem
 
-from .helpers import open_log
+from .helpers import open_log, rewrite_log
 
 
 def fill(log: EvidenceLog, start: int, n: int, *, tag: str = "") -> None:
@@ -92,25 +91,6 @@ def test_a_cosigned_note_is_a_signed_note_with_one_more_line_in_the_c2sp_shape(f
     assert cosig.timestamp == 1_700_000_000
 
 
-def rewrite(directory: Path, key, records: list[dict]) -> None:
-    """Replace a closed log's contents with `records`, signed by its own key, keeping its identity."""
-    origin = LogReader.open(directory).origin
-    forged = directory.with_name(directory.name + "-forged")
-    with EvidenceLog.open(forged, signing_key=key, origin=origin, encryption_key=None) as log:
-        for r in records:
-            log.append(r)
-        log.checkpoint_now()
-    for name in ("segments", "tree", "checkpoints.log", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm",
-                 "checkpoint-keys.pem"):
-        target = directory / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-        if (forged / name).exists():
-            shutil.move(str(forged / name), str(target))
-
-
 def test_a_log_rewritten_with_its_own_key_is_refused_by_its_witness_and_fails_required_cosignatures(fleet, tmp_path):
     root, keys, logs, witnesses = fleet
     fill(logs["b"], 0, 20)
@@ -128,7 +108,7 @@ def test_a_log_rewritten_with_its_own_key_is_refused_by_its_witness_and_fails_re
     records = [reader.get(i) for i in range(20)]
     records[7]["decision"] = "deny"  # the one answer someone wants to have been different
     logs["b"].close()
-    rewrite(root / "replica-1", keys["b"], records + [{"kind": "decision", "request_id": "req-20", "time": 1_020}])
+    rewrite_log(root / "replica-1", keys["b"], records + [{"kind": "decision", "request_id": "req-20", "time": 1_020}])
     forged_reader = LogReader.open(root / "replica-1")
     assert forged_reader.latest_checkpoint().verified_by([keys["b"].public_key()])  # its own key vouches for it
 

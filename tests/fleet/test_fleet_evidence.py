@@ -25,10 +25,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.evidence import EvidenceLog, LogReader, load_signing_key, verify_bundle
+from gateway.evidence import LogReader, load_signing_key, verify_bundle
 from gateway.evidence.checkpoints import parse_note
 from gateway.evidence.merkle import leaf_hash, verify_inclusion
 from scripts.fleet import Fleet
+from tests.evidence.helpers import rewrite_log
 
 REQUESTS = 3000
 
@@ -200,24 +201,6 @@ def _rewrite(slot: Path, key, records: list[dict]) -> None:
     lock = os.open(slot / "lock", os.O_RDWR)
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        _replace(slot, key, records)
+        rewrite_log(slot, key, records)
     finally:
         os.close(lock)
-
-
-def _replace(slot: Path, key, records: list[dict]) -> None:
-    origin = LogReader.open(slot).origin
-    forged = slot.with_name(slot.name + ".forged")
-    with EvidenceLog.open(forged, signing_key=key, origin=origin) as log:
-        for record in records:
-            bodies = record.pop("bodies", None)
-            log.append(record, {k: v for k, v in (bodies or {}).items() if isinstance(v, bytes)} or None)
-    for name in ("segments", "tree", "checkpoints.log", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
-        target = slot / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-        if (forged / name).exists():
-            shutil.move(str(forged / name), str(target))
-    shutil.rmtree(forged)
