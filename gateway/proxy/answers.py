@@ -20,7 +20,8 @@ from gateway.errors import error_body
 from gateway.openai.errors import NOT_RETRIED, openai_error_body
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.headers import client_response_headers, header_value
-from gateway.proxy.inflight import STREAMING
+from gateway.proxy.inflight import STREAMING, UPSTREAM
+from gateway.upstream import UpstreamError
 from gateway.proxy.stages import Answer
 from gateway.proxy.usage import usage_of
 
@@ -71,10 +72,18 @@ async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_
     size = sent = 0
     held = b""
     before = latest = b""  # the last two chunks read: where a stream's usage is (references, no copies)
-    ex.phase, ex.stop = STREAMING, lambda: response.abort("the oversight level rose while this answer streamed")
+    # Until its first bytes come, the exchange still waits on the model: a pause ends the wait, the answer is
+    # planned again (a human answers); a raise to 3 lets it come and holds it (`_check_level`).
+    ex.phase, ex.stop = UPSTREAM, lambda: response.abort("the model was paused (level 4) before this answer started")
     try:
         waited = perf_counter()
-        first = await response.read_chunk()  # an answer broken from its first bytes is a 502, not a broken 200
+        try:
+            first = await response.read_chunk()  # an answer broken from its first bytes is a 502, not a broken 200
+        except UpstreamError:
+            if ex.raised_to is None or ex.sent_start:
+                raise
+            raise Interrupted(b"", False) from None  # stopped by the pause above
+        ex.phase, ex.stop = STREAMING, lambda: response.abort("the oversight level rose while this answer streamed")
         first_wait = perf_counter() - waited
         ex.waiting_seconds += first_wait  # waiting for the first chunk is the upstream's time, not the gateway's
         if ex.stream and counted:

@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from tests.rawhttp import RawUpstream
 from tests.support import GatewayProcess, auth, free_port, start_demo, write_config
 
 
@@ -80,3 +81,25 @@ async def test_a_stream_in_flight_ends_at_a_raise_to_3(gateway, slow_model):
                 broken = True
     assert broken and b"[DONE]" not in received
     assert received.count(b"data:") <= at_raise + 1  # at most an event already on its way
+
+
+async def test_a_pause_while_an_answer_is_awaited_after_its_headers_makes_it_a_human_task(tmp_path):
+    """The model sent its headers and not yet its body: the answer has not started for the client, so a pause
+    makes the request a human task (202), never a 502 for an answer the gateway broke off itself."""
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n"
+    server = await RawUpstream(lambda request: [head, 1.5, b'{"decision": "yes"}\n']).start()
+    config = write_config(tmp_path, {"credit": {"v1": server.url}}, policy={"defaults": {"sample_rate": {0: 0.0}}})
+    process = GatewayProcess(config, free_port()).start()
+    try:
+        async with httpx.AsyncClient(base_url=process.url, timeout=30) as client:
+            waiting = asyncio.create_task(client.post("/models/credit/predict", json={"applicant": {"id": "p-1"}},
+                                                      headers=auth("client")))
+            await asyncio.sleep(0.5)  # the headers are in, the body is 1 s away
+            killed = await client.post("/admin/kill", json={"reason": "stop now"}, headers=auth("operator"))
+            assert killed.status_code == 200
+            answer = await waiting
+        assert (answer.status_code, answer.headers["x-oversight-route"], answer.headers["x-oversight-level"]) == \
+            (202, "human", "4"), answer.text
+    finally:
+        process.stop()
+        await server.stop()
