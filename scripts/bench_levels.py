@@ -123,8 +123,13 @@ class Conn:
 
 
 # the probers ------------------------------------------------------------------------
-class Prober(threading.Thread):
-    """Probes one replica while armed: first until it answers from the model, then until it refuses after the kill."""
+class ArmedProber(threading.Thread):
+    """One replica probed from its own thread while armed; `_probe` says when the change it waits for arrived.
+
+    The main thread arms every prober, waits until each has `served` (the replica answers as
+    before the change), sets `sent_at` just before it sends the change, and collects one
+    result (or the exception) per prober from `results`.
+    """
 
     def __init__(self, name: str, port: int, pause: float) -> None:
         super().__init__(name=f"prober-{name}", daemon=True)
@@ -132,14 +137,14 @@ class Prober(threading.Thread):
         self.conn = Conn(port)
         self.pause = pause
         self.armed = threading.Event()
-        self.served = threading.Event()  # an answer came from the model since arming
-        self.kill_sent_at: float | None = None  # set by the main thread just before the kill is sent
+        self.served = threading.Event()  # an answer as before the change came since arming
+        self.sent_at: float | None = None  # set by the main thread just before the change is sent
         self.results: queue.Queue = queue.Queue()
         self.requests = 0
         self._stopping = False
 
     def arm(self) -> None:
-        self.kill_sent_at = None
+        self.sent_at = None
         self.served.clear()
         self.armed.set()
 
@@ -161,6 +166,13 @@ class Prober(threading.Thread):
             self.armed.clear()
 
     def _probe(self) -> dict:
+        raise NotImplementedError
+
+
+class Prober(ArmedProber):
+    """Probes one replica while armed: first until it answers from the model, then until it refuses after the kill."""
+
+    def _probe(self) -> dict:
         deadline = time.perf_counter() + 10
         while not self._stopping:
             sent = time.perf_counter()
@@ -174,7 +186,7 @@ class Prober(threading.Thread):
             answered = time.perf_counter()
             self.requests += 1
             route = headers.get("x-oversight-route")
-            kill_at = self.kill_sent_at
+            kill_at = self.sent_at
             if route in SERVED and status == 200:
                 self.served.set()
             elif route == REFUSED and status == 202:
@@ -261,7 +273,7 @@ def kill_latency(args: argparse.Namespace) -> dict:
                 conn.connect()  # before the clock starts
                 sent = time.perf_counter()
                 for p in probers:
-                    p.kill_sent_at = sent
+                    p.sent_at = sent
                 status, answer = admin(conn, "POST", "/admin/kill", {"reason": f"bench flip {flip}"})
                 answered = time.perf_counter()
                 if status != 200:

@@ -20,57 +20,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import random
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as b  # noqa: E402
-from bench_levels import PREDICT, Conn, admin, pct, start_redis, summary  # noqa: E402
+from bench_levels import PREDICT, ArmedProber, Conn, admin, pct, start_redis, summary  # noqa: E402
 
 sys.path.insert(0, str(b.ROOT))
 
 
-class Prober(threading.Thread):
+class Prober(ArmedProber):
     """Probes one replica with the flip's token: first until the model answers, then until it gets 401."""
 
-    def __init__(self, name: str, port: int, pause: float) -> None:
-        super().__init__(name=f"prober-{name}", daemon=True)
-        self.label = name
-        self.conn = Conn(port)
-        self.pause = pause
-        self.armed = threading.Event()
-        self.served = threading.Event()
-        self.token = ""
-        self.revoke_sent_at: float | None = None
-        self.results: queue.Queue = queue.Queue()
-        self.requests = 0
-        self._stopping = False
+    token = ""
 
-    def arm(self, token: str) -> None:
-        self.token, self.revoke_sent_at = token, None
-        self.served.clear()
-        self.armed.set()
-
-    def shutdown(self) -> None:
-        self._stopping = True
-        self.armed.set()
-
-    def run(self) -> None:
-        while True:
-            self.armed.wait()
-            if self._stopping:
-                self.conn.close()
-                return
-            try:
-                self.results.put(self._probe())
-            except Exception as exc:
-                self.results.put(exc)
-                self.conn.close()
-            self.armed.clear()
+    def arm_with(self, token: str) -> None:
+        self.token = token
+        self.arm()
 
     def _probe(self) -> dict:
         deadline = time.perf_counter() + 10
@@ -82,7 +51,7 @@ class Prober(threading.Thread):
                 continue
             answered = time.perf_counter()
             self.requests += 1
-            sent_at = self.revoke_sent_at
+            sent_at = self.sent_at
             if status == 200:
                 self.served.set()
             elif status == 401:
@@ -127,7 +96,7 @@ def revocation_latency(args: argparse.Namespace) -> dict:
                 if status != 201:
                     raise RuntimeError(f"issuing answered {status}: {issued}")
                 for p in probers:
-                    p.arm(issued["token"])
+                    p.arm_with(issued["token"])
                 for p in probers:
                     if not p.served.wait(10):
                         raise RuntimeError(f"{p.label} did not admit the new token within 10 s (flip {flip})")
@@ -136,7 +105,7 @@ def revocation_latency(args: argparse.Namespace) -> dict:
                 conn.connect()
                 sent = time.perf_counter()
                 for p in probers:
-                    p.revoke_sent_at = sent
+                    p.sent_at = sent
                 status, answer = admin(conn, "POST", f"/admin/tokens/bench-{flip}/revoke", {"reason": f"bench flip {flip}"})
                 answered = time.perf_counter()
                 conn.close()
