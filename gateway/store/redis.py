@@ -38,6 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.asyncio.retry import Retry
 
+from gateway.store import redis_scripts as scripts
 from gateway.store.redis_targets import connect, parse_target
 from gateway.store.base import (
     Change,
@@ -60,78 +61,6 @@ log = logging.getLogger("gateway.store")
 # call did not happen, so each is the store being unavailable, never a 500.
 FAILURES = (RedisError, OSError, RuntimeError)
 
-# KEYS: state, epoch, audit, channel   ARGV: key, doc json (an object), expect rev or "", audit json or ""
-_PUT = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if ARGV[3] ~= '' then
-  local rev = 0
-  if cur then rev = tonumber(cjson.decode(cur)['rev']) or 0 end
-  if rev ~= tonumber(ARGV[3]) then return {0, cur or ''} end
-end
-local epoch = redis.call('INCR', KEYS[2])
-local body = string.sub(ARGV[2], 2)
-local sep = ','
-if body == '}' then sep = '' end
-local stored = '{"rev":' .. epoch .. sep .. body
-redis.call('HSET', KEYS[1], ARGV[1], stored)
-if ARGV[4] ~= '' then
-  local a = string.sub(ARGV[4], 2)
-  local asep = ','
-  if a == '}' then asep = '' end
-  redis.call('RPUSH', KEYS[3], '{"epoch":' .. epoch .. ',"key":' .. cjson.encode(ARGV[1]) .. asep .. a)
-end
-redis.call('PUBLISH', KEYS[4], epoch .. '\\n' .. ARGV[1] .. '\\n' .. stored)
-return {epoch, stored}
-"""
-
-# KEYS: coll hash, status index prefix   ARGV: id, doc json, expect json
-_UPDATE = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return {0, ''} end
-local doc = cjson.decode(cur)
-for k, v in pairs(cjson.decode(ARGV[3])) do
-  if doc[k] ~= v then return {0, cur} end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local new = cjson.decode(ARGV[2])
-if doc['status'] ~= new['status'] then
-  local score = nil
-  if type(doc['status']) == 'string' then
-    score = redis.call('ZSCORE', KEYS[2] .. doc['status'], ARGV[1])
-    redis.call('ZREM', KEYS[2] .. doc['status'], ARGV[1])
-  end
-  if type(new['status']) == 'string' then
-    if not score then score = redis.call('TIME')[1] end
-    redis.call('ZADD', KEYS[2] .. new['status'], score, ARGV[1])
-  end
-end
-return {1, ''}
-"""
-
-# KEYS: coll hash, index zset, seq counter, status index prefix   ARGV: id, doc json
-_INSERT = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {0, redis.call('HGET', KEYS[1], ARGV[1])} end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local seq = redis.call('INCR', KEYS[3])
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
-local status = cjson.decode(ARGV[2])['status']
-if type(status) == 'string' then redis.call('ZADD', KEYS[4] .. status, seq, ARGV[1]) end
-return {1, ''}
-"""
-
-
-# KEYS: coll hash, index zset, status index prefix   ARGV: id
-_DELETE = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-local status = cjson.decode(cur)['status']
-if type(status) == 'string' then redis.call('ZREM', KEYS[3] .. status, ARGV[1]) end
-return 1
-"""
-
-
 class RedisStore(Store):
     shared = True
 
@@ -147,10 +76,10 @@ class RedisStore(Store):
         # One quick retry: after a Redis restart the pooled connections are dead, a new one is not.
         self._redis = connect(self.target, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=0,
                               retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
-        self._put = self._redis.register_script(_PUT)
-        self._update = self._redis.register_script(_UPDATE)
-        self._insert = self._redis.register_script(_INSERT)
-        self._delete = self._redis.register_script(_DELETE)
+        self._put = self._redis.register_script(scripts.PUT)
+        self._update = self._redis.register_script(scripts.UPDATE)
+        self._insert = self._redis.register_script(scripts.INSERT)
+        self._delete = self._redis.register_script(scripts.DELETE)
         self._on_change: ChangeListener | None = None
         self.on_unavailable: Callable[[str], None] | None = None
         self._topics: dict[str, list[TopicListener]] = {}
