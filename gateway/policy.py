@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -212,8 +212,9 @@ class EvidenceCheck(Trigger):
     check_every: Seconds
 
 
-REASONS = ("gibberish", "harmful", "contradiction", "false", "biased", "other")
+Reason = Literal["gibberish", "harmful", "contradiction", "false", "biased", "other"]
 """Why a reviewer found an answer wrong (a verdict's `reason`)."""
+REASONS: tuple[str, ...] = get_args(Reason)
 
 
 class OutputQuality(Trigger):
@@ -222,7 +223,7 @@ class OutputQuality(Trigger):
     threshold: Rate
     window: Seconds
     min_samples: int = Field(ge=1)
-    reasons: tuple[Literal["gibberish", "harmful", "contradiction", "false", "biased", "other"], ...]
+    reasons: tuple[Reason, ...]
 
 
 class OutputCheckTrigger(Trigger):

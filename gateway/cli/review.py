@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from gateway.cli import CliError
 from gateway.cli.remote import add_remote_arguments, call, show
+from gateway.policy import REASONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     de.add_argument("ticket")
     de.add_argument("decision", choices=("approve", "override", "reject", "agree", "disagree"))
     de.add_argument("--note", default="")
-    de.add_argument("--reason", choices=("gibberish", "harmful", "contradiction", "false", "biased", "other"),
+    de.add_argument("--reason", choices=REASONS,
                     help="why the answer was wrong (disagree, override, reject): counts towards output-quality incidents")
     de.add_argument("--response", help="override: the answer the client receives, as JSON")
     add_remote_arguments(de)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.evidence import pack_body, unpack_body
 from gateway.ids import random_hex
+from gateway.policy import Reason
 
 Kind = Literal["hold", "human", "sample", "appeal"]  # appeal: a client asked for a served decision to be reviewed again
 Pair = tuple[str, str]
@@ -198,7 +199,7 @@ class DecisionIn(BaseModel):
         "override only, for an OpenAI client: the reviewer's text, from which the gateway builds the "
         "`chat.completion` (or `text_completion`) the client receives, streamed if it asked for a stream"))
     status: int = Field(200, ge=200, le=599, description="override only: the HTTP status of that answer")
-    reason: Literal["gibberish", "harmful", "contradiction", "false", "biased", "other"] | None = Field(
+    reason: Reason | None = Field(
         None, description="why the model's answer was wrong: with disagree, override or reject (output-quality monitoring)")
 
     @model_validator(mode="after")
