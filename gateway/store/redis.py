@@ -53,6 +53,7 @@ from gateway.store.base import (
     dumps,
 )
 
+_CLOSE_SECONDS = 2.0  # the longest a clean-up call on close may take
 log = logging.getLogger("gateway.store")
 
 # What a call to Redis can fail with. Besides the client's own errors: an OSError it did
@@ -109,15 +110,9 @@ class RedisStore(Store):
         self._closing = True
         if self._listener is not None:
             self._listener.cancel()
-            try:
-                await self._listener
-            except (asyncio.CancelledError, Exception):
-                pass
-        try:
-            await self._redis.zrem(self._k("replicas"), self.replica_id)
-        except FAILURES:
-            pass
-        await self._redis.aclose()
+            await asyncio.wait([self._listener], timeout=_CLOSE_SECONDS)  # a listener stuck in a dead socket is left behind
+        await _quietly(self._redis.zrem(self._k("replicas"), self.replica_id))
+        await _quietly(self._redis.aclose())
 
     async def _listen(self, resync: bool = False) -> None:
         """Receive changes, acks and topic messages; reconnect and resync after a loss.
@@ -477,7 +472,8 @@ def _ms(seconds: float) -> int:
 
 
 async def _quietly(awaitable: Any) -> None:
+    """Run a clean-up call and ignore its failure; bounded, so a closing store never waits on a dead server."""
     try:
-        await awaitable
-    except Exception:
+        await asyncio.wait_for(awaitable, _CLOSE_SECONDS)
+    except Exception:  # asyncio.TimeoutError among them
         pass
