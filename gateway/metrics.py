@@ -22,6 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from gateway.request_metrics import RequestMetrics
+
 log = logging.getLogger("gateway.metrics")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -51,33 +53,9 @@ def _package_version() -> str:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "gateway_requests_total",
-            "Requests answered, by model, version, status and oversight route.",
-            ["model", "version", "status", "route"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "gateway_request_duration_seconds",
-            "Time from request to the answer's headers (a held answer's human wait included), by model, version, route.",
-            ["model", "version", "route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.completion = Histogram(
-            "gateway_request_completion_seconds",
-            "Time from request to the answer's last byte (streaming and human waits included), by model, version, route.",
-            ["model", "version", "route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.overhead = Histogram(
-            "gateway_overhead_seconds",
-            "The gateway's own time to the answer's headers: not the upstream, not streaming, not human waits.",
-            ["route"],
-            buckets=_OVERHEAD_BUCKETS,
-            registry=self.registry,
-        )
+        self.traffic = RequestMetrics(latency=_LATENCY_BUCKETS, overhead=_OVERHEAD_BUCKETS, tokens=_TOKEN_BUCKETS,
+                                      ttft=_TTFT_BUCKETS)
+        self.registry.register(self.traffic)
         self.upstream_errors = Counter(
             "gateway_upstream_errors_total",
             "Upstream failures (connect, reset, timeout, protocol, 5xx), by model and version.",
@@ -88,20 +66,6 @@ class Metrics:
             "gateway_oversight_level",
             "Effective oversight level per model on this replica.",
             ["model"],
-            registry=self.registry,
-        )
-        self.tokens = Histogram(
-            "gen_ai_client_token_usage",
-            "Tokens per answer, from the answer's `usage` (OpenTelemetry gen_ai.client.token.usage).",
-            ["gen_ai_request_model", "version", "gen_ai_token_type"],
-            buckets=_TOKEN_BUCKETS,
-            registry=self.registry,
-        )
-        self.ttft = Histogram(
-            "gen_ai_server_time_to_first_token",
-            "Seconds from sending a streamed request upstream to its first chunk (OpenTelemetry gen_ai.server.time_to_first_token).",
-            ["gen_ai_request_model", "version"],
-            buckets=_TTFT_BUCKETS,
             registry=self.registry,
         )
         self.decisions = Counter(
@@ -135,46 +99,21 @@ class Metrics:
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         PlatformCollector(registry=self.registry)  # python_info
         GCCollector(registry=self.registry)  # python_gc_*
-        self._requests: dict[tuple[str, str, int, str], Counter] = {}
-        self._latency: dict[tuple[str, str, str], tuple[Histogram, Histogram, Histogram]] = {}
-        self._tokens: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
-        self._ttft: dict[tuple[str, str], Histogram] = {}
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
 
     # the request path --------------------------------------------------------------------
     def observe(self, model: str, version: str, status: int, route: str, seconds: float, overhead: float,
                 completed: float | None = None) -> None:
         """One answer: `seconds` to its headers, `completed` to its end (default: the same), the gateway's `overhead`."""
-        key = (model, version, status, route)
-        counter = self._requests.get(key)
-        if counter is None:
-            counter = self._requests[key] = self.requests.labels(model, version, str(status), route)
-        counter.inc()
-        lkey = (model, version, route)
-        children = self._latency.get(lkey)
-        if children is None:
-            children = self._latency[lkey] = (self.latency.labels(model, version, route),
-                                              self.completion.labels(model, version, route),
-                                              self.overhead.labels(route))
-        children[0].observe(seconds)
-        children[1].observe(seconds if completed is None else completed)
-        children[2].observe(overhead if overhead > 0 else 0.0)
+        self.traffic.answered(model, version, status, route, seconds, overhead if overhead > 0 else 0.0,
+                              seconds if completed is None else completed)
 
     def llm(self, model: str, version: str, usage: tuple[int, int] | None, first_token: float | None) -> None:
         """An OpenAI answer's tokens (input, output) and a stream's time to its first chunk."""
-        key = (model, version)
         if usage is not None:
-            pair = self._tokens.get(key)
-            if pair is None:
-                pair = self._tokens[key] = (self.tokens.labels(model, version, "input"),
-                                            self.tokens.labels(model, version, "output"))
-            pair[0].observe(usage[0])
-            pair[1].observe(usage[1])
+            self.traffic.used(model, version, usage[0], usage[1])
         if first_token is not None:
-            histogram = self._ttft.get(key)
-            if histogram is None:
-                histogram = self._ttft[key] = self.ttft.labels(model, version)
-            histogram.observe(first_token)
+            self.traffic.ttft.of(model, version).add(first_token)
 
     def upstream_error(self, model: str, version: str, kind: str) -> None:
         self.upstream_errors.labels(model, version, kind).inc()
@@ -198,13 +137,9 @@ class Metrics:
     def summary(self, model: str, version: str) -> dict:
         """This replica's figures for one version: answers by status, upstream errors, mean latency (to headers)."""
         mine = {"model": model, "version": version}
-        statuses: dict[str, float] = {}
-        for sample in _samples(self.requests, "_total", mine):
-            status = sample.labels["status"]
-            statuses[status] = statuses.get(status, 0) + sample.value
+        statuses = self.traffic.answers_by_status(model, version)
         errors = sum(s.value for s in _samples(self.upstream_errors, "_total", mine))
-        total = sum(s.value for s in _samples(self.latency, "_sum", mine))
-        count = sum(s.value for s in _samples(self.latency, "_count", mine))
+        total, count = self.traffic.latency_totals(model, version)
         answered = sum(statuses.values())
         return {"answers_by_status": statuses, "upstream_errors": errors,
                 "error_rate": round(errors / answered, 6) if answered else None,

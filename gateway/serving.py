@@ -11,6 +11,11 @@ speed and adds, before the application sees anything (so before authentication):
   itself (a malformed request is 400 in JSON, not "Invalid HTTP request received.").
 Timers are armed only while a request is incomplete at the end of a read, so a request
 that arrives whole costs nothing extra.
+
+Each request's cycle is a `GatewayCycle`, which saves the data plane two costs per request:
+an answer with a Content-Length leaves in one write (head and body in one TCP segment, where
+uvicorn writes the head on its own), and the data plane learns of a client that went away
+from a callback (the `gateway.disconnect` scope extension) instead of a task per request.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import sys
 from dataclasses import dataclass
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from gateway.ids import random_hex
 
@@ -114,6 +119,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._disarm()
         self._reading = "body"
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and type(cycle) is RequestResponseCycle:
+            # uvicorn builds its own cycle class; its task has not run yet, so it runs as a GatewayCycle
+            cycle.__class__ = GatewayCycle
+            self.scope["extensions"] = {"gateway.disconnect": cycle}
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -122,7 +132,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if isinstance(cycle, GatewayCycle) and not cycle.response_complete:
+            cycle.client_gone()
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -159,6 +172,68 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 b"connection: close\r\n\r\n" % (status, _REASONS[status], len(body), request_id.encode()))
         self.transport.write(head + body)
         self.transport.close()
+
+
+class _Collected:
+    """Stands in for the transport while uvicorn writes part of an answer, so the cycle decides when it leaves."""
+
+    __slots__ = ("transport", "data", "closed")
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+        self.data = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.transport.is_closing()
+
+
+class GatewayCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, with an answer's head held for its body and a disconnect callback."""
+
+    _head: bytes | None = None  # an answer's head, built and not yet written
+    _on_gone = None  # what the application asked to be called when the client goes away mid-request
+
+    def when_gone(self, callback) -> None:
+        """Call `callback()` if the client disconnects before the answer is complete (None: no longer)."""
+        self._on_gone = callback
+
+    def client_gone(self) -> None:
+        callback, self._on_gone = self._on_gone, None
+        if callback is not None:
+            callback()
+
+    async def send(self, message) -> None:
+        head = self._head
+        if head is None and message["type"] == "http.response.start" and not self.response_started:
+            await self._send_collected(message)
+            return
+        if head is not None:
+            self._head = None
+            await self._send_collected(message, head)
+            return
+        await super().send(message)
+
+    async def _send_collected(self, message, head: bytes | None = None) -> None:
+        transport = self.transport
+        self.transport = collected = _Collected(transport)
+        try:
+            await super().send(message)
+        finally:
+            self.transport = transport
+        if head is None and not self.chunked_encoding and self.expected_content_length and not self.response_complete:
+            self._head = collected.data  # a body of a known length follows: the two leave together
+            return
+        if head is not None or collected.data:
+            transport.write(head + collected.data if head is not None else collected.data)
+        if collected.closed:
+            transport.close()
 
 
 def server_config(app, *, host: str | None = None, port: int | None = None):

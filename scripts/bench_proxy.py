@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
-"""Proxy benchmark: the demo model direct vs through the gateway, side by side in one run.
+"""Proxy benchmark: the gateway next to nginx and a naive proxy, side by side in one run.
 
-Starts the demo model and the gateway (one worker) as separate processes, drives load
-from a third (wrk when installed, else scripts/loadgen.py), alternates direct and
-through-gateway runs, and prints medians: req/s at 32 connections, p50/p99 at 1 and 32
-connections, the gateway's CPU per request, the first-byte delay it adds to a stream,
-and its resident memory over 100,000 requests.
+The default run is the comparison: a raw uvloop/httptools upstream answering a 460-byte chat
+completion (scripts/rawupstream.py), and in front of it, in turn, nothing (direct), nginx
+`proxy_pass` with keep-alive (installed with apt-get when missing), a naive Starlette +
+aiohttp proxy (scripts/naiveproxy.py) and the gateway at levels 0 and 1 (one worker each).
+Each proxy is pinned to cpu0, wrk and the upstream to cpu1; rounds interleave the proxies;
+it prints medians of req/s (upstream answering at once), CPU per request (from /proc, the
+proxy's whole process tree), p50 with the upstream taking 20 ms, and ratios.
 
-    python scripts/bench_proxy.py                # all of it (about 3 minutes)
-    python scripts/bench_proxy.py --rounds 1 --memory-requests 0
-    python scripts/bench_proxy.py --level 1      # all decisions recorded
+    python scripts/bench_proxy.py                  # the comparison (about 4 minutes)
+    python scripts/bench_proxy.py --rounds 1 --seconds 5
+    python scripts/bench_proxy.py --details        # the gateway alone: c1 latency, stream first byte, memory
+    python scripts/bench_proxy.py --details --level 1 --memory-requests 1000000
     python scripts/bench_proxy.py --against /tmp/gw-main   # this tree vs another checkout, interleaved
-    python scripts/bench_proxy.py --tracing      # this tree's gateway exports OTLP traces to a local sink
+    python scripts/bench_proxy.py --details --tracing      # the gateway exports OTLP traces to a local sink
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as b  # noqa: E402
 
 PREDICT = '{"applicant":{"id":"a-17","group":"A","income":52000}}'
+COMPLETION = '{"model":"demo","messages":[{"role":"user","content":"Should applicant a-17 get the loan?"}]}'
 CHAT = '{"model":"demo","messages":[{"role":"user","content":"hello"}],"stream":true}'
 
 
@@ -61,7 +65,9 @@ def first_byte_ms(port: int, path: str, token: str | None) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each throughput run")
+    parser.add_argument("--details", action="store_true", help="the gateway alone in front of the demo model: "
+                        "latency at 1 and 32 connections, a stream's first byte, memory")
     parser.add_argument("--level", type=int, default=0, help="global oversight level during the run")
     parser.add_argument("--memory-requests", type=int, default=100_000)
     parser.add_argument("--stream-samples", type=int, default=100)
@@ -73,11 +79,81 @@ def main() -> int:
     args = parser.parse_args()
     sink = b.OtlpSink() if args.tracing else None
     try:
-        return against(args, sink) if args.against else run_all(args, sink)
+        if args.against:
+            return against(args, sink)
+        return run_all(args, sink) if args.details else compare(args)
     finally:
         if sink is not None:
             print(f"tracing on: the sink received {sink.posts} OTLP exports, {sink.bytes / 1e6:.1f} MB")
             sink.close()
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Every proxy in front of one raw upstream, interleaved rounds, the issue's table."""
+    with b.tempdir() as tmp:
+        up_port = b.free_port()
+        upstream = b.raw_upstream(up_port, "1")
+        procs: dict[str, object] = {}
+        urls = {"direct (no proxy)": f"http://127.0.0.1:{up_port}/v1/chat/completions"}
+        try:
+            port = b.free_port()
+            procs["nginx proxy_pass, keep-alive"] = b.nginx(tmp / "nginx", port, up_port, "0")
+            urls["nginx proxy_pass, keep-alive"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+            port = b.free_port()
+            procs["naive Starlette + aiohttp"] = b.naive_proxy(port, up_port, "0")
+            urls["naive Starlette + aiohttp"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+            for level in (0, 1):
+                name = f"gateway, level {level}"
+                port = b.free_port()
+                (tmp / f"level{level}").mkdir()
+                config = b.write_config(tmp / f"level{level}", up_port, port)
+                procs[name] = b.gateway(config, port, "0", log=tmp / f"level{level}.log")
+                set_level(port, level)
+                urls[name] = f"http://127.0.0.1:{port}/v1/chat/completions"
+            run = lambda url, seconds, **kw: b.wrk(url, connections=32, seconds=seconds, body=COMPLETION,  # noqa: E731
+                                                   token=b.CLIENT_TOKEN, cpus="1", **kw)
+            for url in urls.values():
+                run(url, 2)  # warm every path
+            rps: dict[str, list[float]] = {name: [] for name in urls}
+            cpu: dict[str, list[float]] = {name: [] for name in urls}
+            slow_p50: dict[str, list[float]] = {name: [] for name in urls}
+            errors: dict[str, int] = {name: 0 for name in urls}
+            for _ in range(args.rounds):
+                for name, url in urls.items():
+                    proc = procs.get(name)
+                    cpu0 = b.tree_cpu_seconds(proc.pid) if proc else 0.0
+                    result = run(url, args.seconds)
+                    if proc:
+                        cpu[name].append((b.tree_cpu_seconds(proc.pid) - cpu0) / max(1, result["requests"]) * 1e6)
+                    rps[name].append(result["rps"])
+                    errors[name] += result["errors"]
+                for name, url in urls.items():
+                    result = run(url, max(3.0, args.seconds / 2), headers={"x-bench-delay-ms": "20"})
+                    slow_p50[name].append(result["p50"])
+                    errors[name] += result["errors"]
+        finally:
+            for proc in procs.values():
+                b.stop(proc)
+            b.stop(upstream)
+    print(f"proxy comparison: {args.rounds} interleaved rounds of {args.seconds:g}s, 32 connections, wrk -t1; each proxy "
+          f"pinned to cpu0, wrk and the raw upstream (460-byte chat completion) to cpu1; medians")
+    gw0 = b.median(cpu["gateway, level 0"])
+    print(f"{'proxy':32}{'req/s':>10}{'CPU/req us':>12}{'x nginx':>9}{'x level 0':>11}{'p50 @20ms':>11}{'errors':>8}")
+    for name in urls:
+        c = b.median(cpu[name]) if cpu[name] else float("nan")
+        nginx_cpu = b.median(cpu["nginx proxy_pass, keep-alive"])
+        print(f"{name:32}{b.median(rps[name]):10.0f}{c:12.1f}{c / nginx_cpu:9.1f}{c / gw0:11.2f}"
+              f"{b.median(slow_p50[name]):9.2f}ms{errors[name]:8d}")
+    print("rounds, CPU/req us: " + "; ".join(f"{name}: {', '.join(f'{v:.1f}' for v in values)}"
+                                           for name, values in cpu.items() if values))
+    level1 = b.median(cpu["gateway, level 1"]) / gw0
+    throughput = b.median(rps["gateway, level 1"]) / b.median(rps["gateway, level 0"])
+    print(f"level 1 / level 0: CPU per request {level1:.3f} ({(level1 - 1) * 100:+.1f} %), "
+          f"throughput {throughput:.3f} ({(throughput - 1) * 100:+.1f} %)")
+    print(f"gateway level 0 / naive aiohttp proxy, CPU per request: {gw0 / b.median(cpu['naive Starlette + aiohttp']):.2f}")
+    if args.json:
+        print(json.dumps({"rps": rps, "cpu_us_per_request": cpu, "p50_ms_at_20ms": slow_p50, "errors": errors}))
+    return 0 if not any(errors.values()) else 1
 
 
 def run_all(args: argparse.Namespace, sink) -> int:
@@ -145,11 +221,11 @@ def run_all(args: argparse.Namespace, sink) -> int:
 
 
 def against(args: argparse.Namespace, sink=None) -> int:
-    """This tree and another checkout in front of one demo model, interleaved rounds, CPU per request."""
+    """This tree and another checkout in front of one raw upstream, interleaved rounds, CPU per request."""
     trees = {"this tree": b.ROOT, "against": args.against.resolve()}
     with b.tempdir() as tmp:
         up_port = b.free_port()
-        upstream = b.demo_model(up_port, "1")
+        upstream = b.raw_upstream(up_port, "1")
         gateways, ports = {}, {}
         try:
             for name, tree in trees.items():
@@ -162,13 +238,13 @@ def against(args: argparse.Namespace, sink=None) -> int:
             cpu: dict[str, list[float]] = {name: [] for name in trees}
             rps: dict[str, list[float]] = {name: [] for name in trees}
             for name in trees:  # warm both
-                b.wrk(f"http://127.0.0.1:{ports[name]}/models/demo/predict", connections=32, seconds=2, body=PREDICT,
+                b.wrk(f"http://127.0.0.1:{ports[name]}/v1/chat/completions", connections=32, seconds=2, body=COMPLETION,
                       token=b.CLIENT_TOKEN, cpus="1")
             for _ in range(args.rounds):
                 for name in trees:
                     cpu0 = b.cpu_seconds(gateways[name].pid)
-                    result = b.wrk(f"http://127.0.0.1:{ports[name]}/models/demo/predict", connections=32,
-                                   seconds=args.seconds, body=PREDICT, token=b.CLIENT_TOKEN, cpus="1")
+                    result = b.wrk(f"http://127.0.0.1:{ports[name]}/v1/chat/completions", connections=32,
+                                   seconds=args.seconds, body=COMPLETION, token=b.CLIENT_TOKEN, cpus="1")
                     cpu[name].append((b.cpu_seconds(gateways[name].pid) - cpu0) / max(1, result["requests"]) * 1e6)
                     rps[name].append(result["rps"])
         finally:
@@ -176,7 +252,7 @@ def against(args: argparse.Namespace, sink=None) -> int:
                 b.stop(proc)
             b.stop(upstream)
     print(f"proxy benchmark, side by side: level {args.level}, tracing {'on in this tree' if sink else 'off'}, {args.rounds} interleaved rounds of {args.seconds:g}s, "
-          f"each gateway pinned to cpu0 in turn, demo model and wrk on cpu1; medians")
+          f"each gateway pinned to cpu0 in turn, the raw upstream and wrk on cpu1; medians")
     for name, tree in trees.items():
         print(f"{name:10} {str(tree):40} {b.median(rps[name]):9.0f} req/s  {b.median(cpu[name]):6.1f} us CPU/request  "
               f"(rounds: {', '.join(f'{v:.0f}' for v in cpu[name])})")

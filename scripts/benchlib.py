@@ -236,3 +236,87 @@ def median(values: list[float]) -> float:
     values = sorted(values)
     n = len(values)
     return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live descendants (nginx's workers, a supervisor's workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+        except OSError:
+            continue
+        todo.extend(children.get(current, ()))
+    return total
+
+
+def raw_upstream(port: int, cpus: str | None = None) -> subprocess.Popen:
+    """scripts/rawupstream.py: uvloop + httptools answering one 460-byte chat completion."""
+    return start([sys.executable, str(ROOT / "scripts" / "rawupstream.py"), "--port", str(port)], port, cpus)
+
+
+def naive_proxy(port: int, upstream_port: int, cpus: str | None = None) -> subprocess.Popen:
+    """scripts/naiveproxy.py: Starlette + an aiohttp client, no oversight."""
+    return start([sys.executable, str(ROOT / "scripts" / "naiveproxy.py"), "--port", str(port),
+                  "--upstream", f"http://127.0.0.1:{upstream_port}"], port, cpus)
+
+
+_NGINX_CONF = """\
+{user}worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 100000;
+    upstream model {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://model;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    """nginx on PATH or Debian's /usr/sbin/nginx, installed with apt-get (as root) when missing."""
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise SystemExit("error: the comparison needs nginx: apt-get install -y nginx (or run as root to let it install)")
+    print("installing nginx (apt-get install -y nginx) ...", file=sys.stderr)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx"], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                   stdout=subprocess.DEVNULL)
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def nginx(directory: Path, port: int, upstream_port: int, cpus: str | None = None) -> subprocess.Popen:
+    """nginx `proxy_pass` with upstream keep-alive, one worker, in front of `upstream_port`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "nginx.conf"
+    conf.write_text(_NGINX_CONF.format(user="user root;\n" if os.geteuid() == 0 else "", dir=directory,
+                                       upstream=upstream_port, port=port))
+    return start([nginx_binary(), "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log"),
+                  "-g", "daemon off;"], port, cpus, log=directory / "stderr.log")

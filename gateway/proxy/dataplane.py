@@ -60,7 +60,7 @@ class DataPlane:
         if self.tracing is not None:
             self.tracing.begin(ex, headers, scope["method"])
         task = asyncio.current_task()
-        watcher: asyncio.Task[None] | None = None
+        watcher: Any = None
         try:
             ex.caller = self.callers.identify(header_value(headers, b"authorization"))
             ex.caller.require("client")
@@ -70,7 +70,7 @@ class DataPlane:
             if plan.captures and not isinstance(body, bytes):
                 body = b"".join([piece async for piece in body])
             if isinstance(body, bytes):
-                watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, ex))
+                watcher = _watch_disconnect(scope, receive, task, ex)
                 ex.request_body = body  # a reference: a ticket, a record or a raised level may need it
             self.inflight.enter(ex)
             await self._serve(scope, headers, ex, plan, route, body, send, task)
@@ -92,7 +92,7 @@ class DataPlane:
         finally:
             ex.finished = True
             self.inflight.leave(ex)
-            if watcher is not None and not watcher.done():
+            if watcher is not None:
                 watcher.cancel()
             for observer in self.observers:
                 observer.observe(ex)
@@ -176,9 +176,36 @@ class DataPlane:
         return route, body
 
 
-async def _watch_disconnect(receive, task, ex: Exchange) -> None:
-    """Cancel the request's task when its client goes away, which aborts the upstream call."""
-    message = await receive()
-    if message["type"] == "http.disconnect" and not ex.finished:
-        ex.disconnected = True
-        task.cancel()
+def _watch_disconnect(scope, receive, task, ex: Exchange):
+    """Cancel the request's task when its client goes away, which aborts the upstream call.
+
+    The gateway's own server calls back (`gateway.disconnect`, see `gateway.serving`); under
+    any other ASGI server a task waits for the `http.disconnect` message. Either way the
+    result has a `cancel()` that ends the watch.
+    """
+
+    def gone() -> None:
+        if not ex.finished:
+            ex.disconnected = True
+            task.cancel()
+
+    cycle = scope.get("extensions", {}).get("gateway.disconnect")
+    if cycle is not None:
+        cycle.when_gone(gone)
+        return _Unwatch(cycle)
+    return asyncio.get_running_loop().create_task(_await_disconnect(receive, gone))
+
+
+class _Unwatch:
+    __slots__ = ("cycle",)
+
+    def __init__(self, cycle) -> None:
+        self.cycle = cycle
+
+    def cancel(self) -> None:
+        self.cycle.when_gone(None)
+
+
+async def _await_disconnect(receive, gone) -> None:
+    if (await receive())["type"] == "http.disconnect":
+        gone()

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""A raw upstream for the proxy benchmarks: uvloop + httptools, one fixed 460-byte chat completion.
+
+As fast as Python serves HTTP/1.1 keep-alive, so what a benchmark measures in front of it is the
+proxy. `--delay-ms N` answers after N ms (a model that thinks), and so does a
+request with the header `x-bench-delay-ms: N`.
+
+    python scripts/rawupstream.py --port 9001 [--delay-ms 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+import httptools
+import uvloop
+
+_COMPLETION = {
+    "id": "chatcmpl-bench0000000000000000000000", "object": "chat.completion", "created": 1764633600,
+    "model": "demo", "system_fingerprint": "fp_bench",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "The applicant meets the income "
+                 "threshold for the requested amount; approve with the standard rate.", "refusal": None},
+                 "logprobs": None, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 23, "completion_tokens": 19, "total_tokens": 42},
+    "confidence": 0.93,
+}
+
+
+def completion_body(size: int = 460) -> bytes:
+    """The completion padded with spaces to exactly `size` bytes (valid JSON either way)."""
+    body = json.dumps(_COMPLETION, separators=(",", ":")).encode()
+    return body[:-1] + b" " * max(0, size - len(body)) + b"}"
+
+
+BODY = completion_body()
+ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(BODY), BODY)
+
+
+class Upstream(asyncio.Protocol):
+    delay = 0.0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.parser = httptools.HttpRequestParser(self)
+        self.loop = asyncio.get_running_loop()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self.wait = self.delay
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 16 and name.lower() == b"x-bench-delay-ms":  # a slow model for this request
+            self.wait = float(value) / 1000
+
+    def on_message_complete(self) -> None:
+        if self.wait:
+            self.loop.call_later(self.wait, self._answer)
+        else:
+            self.transport.write(ANSWER)
+
+    def _answer(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(ANSWER)
+
+
+async def serve(port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(Upstream, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    Upstream.delay = args.delay_ms / 1000
+    uvloop.run(serve(args.port))
+
+
+if __name__ == "__main__":
+    main()
