@@ -1,4 +1,4 @@
-"""Random identifiers from the OS's CSPRNG, drawn in blocks.
+"""Identifiers: random ones from the OS's CSPRNG, drawn in blocks, and time-ordered request ids.
 
 A `getrandom` call per request costs a system call (and a trip through the GIL) on the
 request path; one call per few hundred ids costs nothing noticeable. Ids stay
@@ -8,6 +8,7 @@ unguessable: a ticket id is what lets a client read its decision.
 from __future__ import annotations
 
 import os
+import time
 
 _BLOCK = 4096
 _buffer = b""
@@ -25,3 +26,14 @@ def random_bytes(n: int) -> bytes:
 
 def random_hex(n: int) -> str:
     return random_bytes(n).hex()
+
+
+def request_id() -> str:
+    """24 hex digits: the time in milliseconds (6 bytes), then 6 random bytes.
+
+    Ids made at about the same time sort together, so the evidence index's request-id
+    B-tree grows at its right edge instead of touching a random page per record (measured:
+    about 5 us a record instead of 12-22 us, growing with the index). A request id names a
+    request in logs and evidence; it grants nothing (a ticket id does, and stays random).
+    """
+    return (int(time.time() * 1000) & 0xFFFFFFFFFFFF).to_bytes(6, "big").hex() + random_bytes(6).hex()

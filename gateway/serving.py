@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from gateway.ids import random_hex
+from gateway.ids import request_id as new_request_id
 
 log = logging.getLogger("gateway.server")
 
@@ -165,7 +165,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def _write_refusal(self, status: int, message: str) -> None:
         self._disarm()
-        request_id = random_hex(12)
+        request_id = new_request_id()
         body = json.dumps({"error": {"type": _TYPES[status], "message": message, "request_id": request_id}},
                           separators=(",", ":")).encode()
         head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nx-request-id: %s\r\n"

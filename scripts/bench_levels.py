@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Oversight-level benchmark: how fast a kill reaches every replica, and what sampling costs.
 
-Part 1, kill latency. Three gateway replicas (separate `python -m gateway serve`
-processes) share one local redis-server. One prober thread per replica sends
+Part 1, kill latency. Five gateway replicas (`--replicas`; separate `python -m gateway
+serve` processes) share one local redis-server. One prober thread per replica sends
 `POST /models/demo/predict` back to back over a keep-alive connection, with a short pause
 between an answer and the next request. Per flip: `POST /admin/kill` (to the replicas in
 turn), and each prober notes when its first answer routed `human` (202, the model not
@@ -245,7 +245,7 @@ def kill_latency(args: argparse.Namespace) -> dict:
         probers: list[Prober] = []
         try:
             ports = []
-            for i in range(3):
+            for i in range(args.replicas):
                 d = tmp / f"replica{i}"
                 d.mkdir()
                 port = b.free_port()
@@ -320,15 +320,15 @@ def kill_latency(args: argparse.Namespace) -> dict:
         confirmations[key] = confirmations.get(key, 0) + 1
     cpu_pct = [(after - before) / wall * 100 for before, after in zip(cpu0, cpu)]
 
-    print(f"kill latency: 3 replicas (python -m gateway serve) on one redis-server, {args.flips} flips "
+    print(f"kill latency: {args.replicas} replicas (python -m gateway serve) on one redis-server, {args.flips} flips "
           f"(+{args.warmup} warm-up flips not counted), kill sent to the replicas in turn")
     print(f"probing: one thread per replica, keep-alive raw HTTP/1.1, POST /models/demo/predict back to back with a "
           f"{args.interval_ms:g} ms pause after each answer; a latency includes up to one pause plus one request")
     print(f"percentiles are nearest-rank over {len(rows)} flips (p99 of fewer than 100 values is the highest one); "
           f"times in ms from the moment the kill was sent")
-    print(f"  first refusal on EVERY replica (max of 3)    {summary(every)}")
+    print(f"  first refusal on EVERY replica (max of {args.replicas})    {summary(every)}")
     print(f"  first refusal on the replica that got it     {summary(receiving)}")
-    print(f"  first refusal on the two other replicas      {summary(others)}")
+    print(f"  first refusal on the other replicas          {summary(others)}")
     print(f"  POST /admin/kill answered                    {summary(kill_calls)}")
     print(f"  (one refused answer itself, level 4 -> 202   {summary(refusal_answer)})")
     print("  kill answers' applied_by/replicas: " + ", ".join(f"{k} in {n} flips" for k, n in sorted(confirmations.items()))
@@ -511,7 +511,8 @@ def main() -> int:
     parser.add_argument("--flips", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3, help="flips run first and not counted")
     parser.add_argument("--interval-ms", type=float, default=1.0, help="pause between a probe's answer and its next request")
-    parser.add_argument("--target-ms", type=float, default=20.0)
+    parser.add_argument("--target-ms", type=float, default=10.0)
+    parser.add_argument("--replicas", type=int, default=5, help="part 1: gateway replicas on the one redis-server")
     parser.add_argument("--load-rate", type=float, default=200.0, help="part 2: requests per second")
     parser.add_argument("--load-seconds", type=float, default=6.0, help="part 2: seconds of load (0: skip part 2)")
     parser.add_argument("--rounds", type=int, default=6, help="part 3 rounds (0: skip part 3)")

@@ -11,6 +11,7 @@ proxy's whole process tree), p50 with the upstream taking 20 ms, and ratios.
 
     python scripts/bench_proxy.py                  # the comparison (about 4 minutes)
     python scripts/bench_proxy.py --rounds 1 --seconds 5
+    python scripts/bench_proxy.py --before /tmp/gw-main   # and another checkout's gateway, in the same rounds
     python scripts/bench_proxy.py --details        # the gateway alone: c1 latency, stream first byte, memory
     python scripts/bench_proxy.py --details --level 1 --memory-requests 1000000
     python scripts/bench_proxy.py --against /tmp/gw-main   # this tree vs another checkout, interleaved
@@ -66,6 +67,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each throughput run")
+    parser.add_argument("--before", type=Path, help="the comparison: also run another checkout's gateway at levels "
+                        "0 and 1, in the same interleaved rounds")
     parser.add_argument("--details", action="store_true", help="the gateway alone in front of the demo model: "
                         "latency at 1 and 32 connections, a stream's first byte, memory")
     parser.add_argument("--level", type=int, default=0, help="global oversight level during the run")
@@ -102,14 +105,17 @@ def compare(args: argparse.Namespace) -> int:
             port = b.free_port()
             procs["naive Starlette + aiohttp"] = b.naive_proxy(port, up_port, "0")
             urls["naive Starlette + aiohttp"] = f"http://127.0.0.1:{port}/v1/chat/completions"
-            for level in (0, 1):
-                name = f"gateway, level {level}"
-                port = b.free_port()
-                (tmp / f"level{level}").mkdir()
-                config = b.write_config(tmp / f"level{level}", up_port, port)
-                procs[name] = b.gateway(config, port, "0", log=tmp / f"level{level}.log")
-                set_level(port, level)
-                urls[name] = f"http://127.0.0.1:{port}/v1/chat/completions"
+            trees = [("gateway", b.ROOT)] + ([("before", args.before.resolve())] if args.before else [])
+            for label, tree in trees:
+                for level in (0, 1):
+                    name = f"{label}, level {level}"
+                    port = b.free_port()
+                    where = tmp / f"{label}-level{level}"
+                    where.mkdir()
+                    config = b.write_config(where, up_port, port)
+                    procs[name] = b.gateway(config, port, "0", log=where / "gateway.log", tree=tree)
+                    set_level(port, level)
+                    urls[name] = f"http://127.0.0.1:{port}/v1/chat/completions"
             run = lambda url, seconds, **kw: b.wrk(url, connections=32, seconds=seconds, body=COMPLETION,  # noqa: E731
                                                    token=b.CLIENT_TOKEN, cpus="1", **kw)
             for url in urls.values():
@@ -151,6 +157,10 @@ def compare(args: argparse.Namespace) -> int:
     print(f"level 1 / level 0: CPU per request {level1:.3f} ({(level1 - 1) * 100:+.1f} %), "
           f"throughput {throughput:.3f} ({(throughput - 1) * 100:+.1f} %)")
     print(f"gateway level 0 / naive aiohttp proxy, CPU per request: {gw0 / b.median(cpu['naive Starlette + aiohttp']):.2f}")
+    if args.before:
+        for level in (0, 1):
+            ratio = b.median(cpu[f"gateway, level {level}"]) / b.median(cpu[f"before, level {level}"])
+            print(f"level {level}, this tree / {args.before}: CPU per request {ratio:.3f} ({(ratio - 1) * 100:+.1f} %)")
     if args.json:
         print(json.dumps({"rps": rps, "cpu_us_per_request": cpu, "p50_ms_at_20ms": slow_p50, "errors": errors}))
     return 0 if not any(errors.values()) else 1

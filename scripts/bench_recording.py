@@ -2,14 +2,15 @@
 """What recording every decision costs: level 1 vs level 0 with recording off, side by side.
 
 Gateways (one worker each, pinned to cpu0, all running, driven one at a time) in front
-of one demo model; wrk runs rotate through them round after round; medians of req/s at
+of one raw upstream (scripts/rawupstream.py, a 460-byte chat completion); wrk runs rotate through them round after round; medians of req/s at
 32 connections and of the gateway's CPU per request. Variants:
 
-- level 0, recording off (evidence disabled, no sampling): the baseline;
+- level 0, recording off (evidence disabled, no sampling): the floor;
+- level 0, as shipped (2 % sampled, each sample recorded): the reference level 1 is held to;
 - level 1, recorded, no sampling: the cost of recording alone;
 - level 1, recorded, default policy (15 % sampled into the review queue): level 1 as shipped.
 
-Target: level 1 costs at most 10 % of throughput.
+Target: level 1 as shipped within 10 % of level 0 as shipped, in CPU per request and throughput.
 
     python scripts/bench_recording.py [--rounds 7] [--seconds 4] [--encrypt]
 """
@@ -25,10 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as b  # noqa: E402
 
-PREDICT = '{"applicant":{"id":"a-17","group":"A","income":52000}}'
+COMPLETION = '{"model":"demo","messages":[{"role":"user","content":"Should applicant a-17 get the loan?"}]}'
 NO_SAMPLING = "defaults: {sample_rate: {0: 0.0, 1: 0.0}}\n"
 VARIANTS = {
     "level 0, recording off": dict(level=0, evidence=False, policy=NO_SAMPLING),
+    "level 0, as shipped": dict(level=0, evidence=True, policy=""),
     "level 1, recorded": dict(level=1, evidence=True, policy=NO_SAMPLING),
     "level 1, recorded, 15% sampled": dict(level=1, evidence=True, policy=""),
 }
@@ -54,7 +56,7 @@ def main() -> int:
     args = parser.parse_args()
     with b.tempdir() as tmp:
         up_port = b.free_port()
-        upstream = b.demo_model(up_port, "1")
+        upstream = b.raw_upstream(up_port, "1")
         gateways = {}
         try:
             for number, (name, spec) in enumerate(VARIANTS.items()):
@@ -67,10 +69,10 @@ def main() -> int:
                 names = list(VARIANTS) if round_no % 2 else list(reversed(VARIANTS))
                 for name in names:
                     process, port = gateways[name]
-                    url = f"http://127.0.0.1:{port}/models/demo/predict"
+                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
                     before = b.cpu_seconds(process.pid)
                     seconds = 2 if round_no == 0 else args.seconds
-                    result = b.wrk(url, connections=32, seconds=seconds, body=PREDICT, token=b.CLIENT_TOKEN, cpus="1")
+                    result = b.wrk(url, connections=32, seconds=seconds, body=COMPLETION, token=b.CLIENT_TOKEN, cpus="1")
                     if round_no:  # round 0 warms up
                         cpu[name].append((b.cpu_seconds(process.pid) - before) / max(1, result["requests"]) * 1e6)
                         rps[name].append(result["rps"])
@@ -80,7 +82,7 @@ def main() -> int:
             b.stop(upstream)
         from gateway.evidence import verify_log
 
-        reports = [verify_log(tmp / f"variant-{n}" / "data" / "evidence" / "replica-0") for n in (1, 2)]
+        reports = [verify_log(tmp / f"variant-{n}" / "data" / "evidence" / "replica-0") for n in (1, 2, 3)]
     baseline = "level 0, recording off"
     print(f"recording benchmark: {args.rounds} rounds of {args.seconds:g}s at 32 connections; each gateway pinned to cpu0 "
           f"and driven alone, wrk and the demo model on cpu1{'; bodies encrypted' if args.encrypt else ''}; medians")
@@ -90,7 +92,11 @@ def main() -> int:
         cost = "" if name == baseline else f"   cost {(1 - m_rps / base_rps) * 100:5.1f} %  (+{m_cpu - base_cpu:.0f} us CPU)"
         print(f"  {name:32} {m_rps:7.0f} req/s {m_cpu:5.0f} us CPU/request{cost}")
         print(f"  {'':32} runs: {', '.join(f'{x:.0f}' for x in rps[name])}")
-    print("target: level 1 costs at most 10 % of throughput")
+    shipped0, shipped1 = "level 0, as shipped", "level 1, recorded, 15% sampled"
+    cpu_ratio = b.median(cpu[shipped1]) / b.median(cpu[shipped0])
+    rps_ratio = b.median(rps[shipped1]) / b.median(rps[shipped0])
+    print(f"level 1 / level 0, both as shipped: CPU per request {cpu_ratio:.3f} ({(cpu_ratio - 1) * 100:+.1f} %), "
+          f"throughput {rps_ratio:.3f} ({(rps_ratio - 1) * 100:+.1f} %); target: within 10 %")
     for name, report in zip(list(VARIANTS)[1:], reports):
         print(f"  {name}: {report.summary()[:90]}")
     return 0

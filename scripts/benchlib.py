@@ -224,9 +224,10 @@ def parse_wrk(out: str) -> dict:
 
 
 def pyload(url: str, *, connections: int, seconds: float, body: str, token: str, cpus: str | None = None,
-           headers: dict[str, str] | None = None) -> dict:
+           headers: dict[str, str] | None = None, rate: float = 0.0) -> dict:
+    """scripts/loadgen.py in its own process; `rate` > 0: that many requests per second, latency from when each was due."""
     cmd = taskset(cpus) + [sys.executable, str(ROOT / "scripts" / "loadgen.py"), url, "--connections", str(connections),
-                           "--seconds", str(seconds), "--body", body, "--token", token]
+                           "--seconds", str(seconds), "--body", body, "--token", token, "--rate", str(rate)]
     for name, value in (headers or {}).items():
         cmd += ["--header", f"{name}: {value}"]
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)

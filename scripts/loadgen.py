@@ -1,4 +1,5 @@
-"""A small HTTP/1.1 keep-alive load generator, used by the benchmarks when wrk is not installed.
+"""A small HTTP/1.1 keep-alive load generator: the benchmarks' fallback when wrk is not installed, and their
+fixed-rate load (`--rate`), which wrk does not offer.
 
 Runs as its own process (so it never shares an event loop with what it measures) and
 prints one JSON object: rps, requests, errors, p50 and p99 in milliseconds.
@@ -13,11 +14,21 @@ import time
 from urllib.parse import urlsplit
 
 
-async def worker(host: str, port: int, request: bytes, deadline: float, latencies: list[float], errors: list[int]) -> None:
+async def worker(host: str, port: int, request: bytes, deadline: float, latencies: list[float], errors: list[int],
+                 interval: float = 0.0, offset: float = 0.0) -> None:
+    """Requests back to back, or with `interval`, one every `interval` seconds from `offset` on: then a latency
+    runs from the moment the request was due (a late answer delays the next one, and the delay is counted)."""
     reader, writer = await asyncio.open_connection(host, port)
+    due = time.perf_counter() + offset
     try:
         while time.perf_counter() < deadline:
-            started = time.perf_counter()
+            if interval:
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                started, due = due, due + interval
+            else:
+                started = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
@@ -52,6 +63,8 @@ async def main() -> None:
     parser.add_argument("--body", default="{}")
     parser.add_argument("--token", default="")
     parser.add_argument("--header", action="append", default=[], help="an extra request header, NAME: VALUE")
+    parser.add_argument("--rate", type=float, default=0.0, help="requests per second in all, spread over the "
+                        "connections (0: each connection sends back to back)")
     args = parser.parse_args()
     url = urlsplit(args.url)
     body = args.body.encode()
@@ -65,7 +78,9 @@ async def main() -> None:
     errors: list[int] = []
     started = time.perf_counter()
     deadline = started + args.seconds
-    await asyncio.gather(*(worker(url.hostname, url.port, request, deadline, latencies, errors) for _ in range(args.connections)))
+    interval = args.connections / args.rate if args.rate else 0.0
+    await asyncio.gather(*(worker(url.hostname, url.port, request, deadline, latencies, errors, interval,
+                                  interval * i / args.connections) for i in range(args.connections)))
     elapsed = time.perf_counter() - started
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")  # noqa: E731

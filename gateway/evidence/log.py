@@ -147,8 +147,8 @@ class EvidenceLog:
     def submit(self, record: dict, bodies: dict[str, bytes] | None = None) -> "asyncio.Future[int]":
         """Append from an event loop without blocking it: resolves to the leaf index once the OS has the record.
 
-        The writer thread (see `loop_bridge.Submissions`) encodes everything submitted
-        since its last pass and hands it to the OS in one write.
+        Everything the loop submits in one iteration is encoded and handed to the OS in one
+        write at the end of that iteration (see `loop_bridge.Submissions`).
         """
         if not isinstance(record, dict):
             raise TypeError("an evidence record must be a dict")
@@ -156,7 +156,7 @@ class EvidenceLog:
         return self._submissions.submit(record, bodies)
 
     def _write_submitted(self, batch: list[tuple[dict, dict[str, bytes] | None]]) -> list[int | Exception]:
-        """On the writer thread: append a batch in one write; a record that cannot be encoded fails alone."""
+        """Append a batch in one write; a record that cannot be encoded fails alone."""
         outcomes: list[int | Exception] = []
         with self._lock:
             self._check_open()

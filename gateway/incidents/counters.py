@@ -47,10 +47,19 @@ class TrafficCounters:
         self._auth: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
         self._users: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
         self._access: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._minute = -1
+        self._suffixes = ("", "")
 
     # counting (request path: memory only) ---------------------------------------------
+    def _bucket_keys(self, now: float) -> tuple[str, str]:
+        """This minute's and this hour's key suffixes, made once a minute instead of per request."""
+        minute = int(now // MINUTE) * MINUTE
+        if minute != self._minute:
+            self._minute, self._suffixes = minute, (str(minute), str(int(now // HOUR) * HOUR))
+        return self._suffixes
+
     def answered(self, model: str, version: str, *, upstream_ms: float | None, error: bool, unreachable: bool) -> None:
-        bucket = self._traffic[_traffic_key(model, version, time.time())]
+        bucket = self._traffic[f"t|{model}|{version}|{self._bucket_keys(time.time())[0]}"]
         bucket["requests"] += 1
         if error:
             bucket["errors"] += 1
@@ -110,22 +119,23 @@ class TrafficCounters:
 
     def served(self, model: str, version: str, user: str, *, failed: bool) -> None:
         """One request of a caller (a token id, or the user a /v1 body names); failed: it got no prediction."""
-        bucket = self._users[f"u|{model}|{version}|{int(time.time() // MINUTE) * MINUTE}"]
+        bucket = self._users[f"u|{model}|{version}|{self._bucket_keys(time.time())[0]}"]
         bucket[f"n:{user}"] += 1
         if failed:
             bucket[f"f:{user}"] += 1
 
     def accessed(self, token: str, target: str) -> None:
         """One request of a token, and what it asked for (method, model and path), minute and hour."""
-        now = time.time()
-        for key in (f"k|{int(now // MINUTE) * MINUTE}", f"kh|{int(now // HOUR) * HOUR}"):
+        minute, hour = self._bucket_keys(time.time())
+        count, field, distinct = f"n:{token}", f"t:{token}:{target}", f"c:{token}"
+        for key in ("k|" + minute, "kh|" + hour):
             bucket = self._access[key]
-            bucket[f"n:{token}"] += 1
-            field = f"t:{token}:{target}"
-            if field in bucket or bucket[f"c:{token}"] < MAX_TARGETS:
-                if field not in bucket:
-                    bucket[f"c:{token}"] += 1
+            bucket[count] += 1
+            if field in bucket:
                 bucket[field] += 1
+            elif bucket[distinct] < MAX_TARGETS:
+                bucket[distinct] += 1
+                bucket[field] = 1.0
 
     # the store ---------------------------------------------------------------------------
     async def flush(self) -> None:

@@ -6,7 +6,7 @@ import re
 from time import perf_counter
 
 from gateway.auth import Caller
-from gateway.ids import random_hex
+from gateway.ids import request_id
 from gateway.proxy.content import decode, decoded_headers
 from gateway.proxy.resolve import V1Request
 
@@ -18,7 +18,7 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> bytes:
     for name, value in headers:
         if name == b"x-request-id" and _REQUEST_ID.match(value):
             return value
-    return random_hex(12).encode()
+    return request_id().encode()
 
 
 class Exchange:
