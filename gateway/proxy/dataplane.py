@@ -189,7 +189,8 @@ def _watch_disconnect(scope, receive, task, ex: Exchange):
             ex.disconnected = True
             task.cancel()
 
-    cycle = scope.get("extensions", {}).get("gateway.disconnect")
+    ref = scope.get("extensions", {}).get("gateway.disconnect")  # a weak reference to the server's cycle
+    cycle = ref() if ref is not None else None
     if cycle is not None:
         cycle.when_gone(gone)
         return _Unwatch(cycle)
