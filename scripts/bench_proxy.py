@@ -137,6 +137,13 @@ def compare(args: argparse.Namespace) -> int:
                     result = run(url, max(3.0, args.seconds / 2), headers={"x-bench-delay-ms": "20"})
                     slow_p50[name].append(result["p50"])
                     errors[name] += result["errors"]
+            streamed = {name: stream_cost(urls[name], procs[name]) for name in ("nginx proxy_pass, keep-alive", "gateway, level 0",
+                                                                                "gateway, level 1")}
+            first = {name: [] for name in ("direct (no proxy)", "nginx proxy_pass, keep-alive", "gateway, level 0")}
+            for _ in range(args.stream_samples):
+                for name in first:
+                    port = int(urls[name].split(":")[2].split("/")[0])
+                    first[name].append(first_byte_ms(port, "/v1/chat/completions", b.CLIENT_TOKEN))
         finally:
             for proc in procs.values():
                 b.stop(proc)
@@ -161,9 +168,54 @@ def compare(args: argparse.Namespace) -> int:
         for level in (0, 1):
             ratio = b.median(cpu[f"gateway, level {level}"]) / b.median(cpu[f"before, level {level}"])
             print(f"level {level}, this tree / {args.before}: CPU per request {ratio:.3f} ({(ratio - 1) * 100:+.1f} %)")
+    print(f"streaming, {STREAMS} streams of {EVENTS} events (16 at once, an event a millisecond): CPU per relayed event "
+          + ", ".join(f"{name} {us:.1f} us" for name, us in streamed.items()) + "; target for the gateway <= 15 us")
+    direct_fb = b.median(first["direct (no proxy)"])
+    print(f"streaming first byte, p50 of {args.stream_samples}: direct {direct_fb:.3f} ms, "
+          + ", ".join(f"{name} {b.median(v):.3f} ms (added {b.median(v) - direct_fb:+.3f})" for name, v in first.items()
+                      if name != "direct (no proxy)") + "; target added <= 0.5 ms")
     if args.json:
-        print(json.dumps({"rps": rps, "cpu_us_per_request": cpu, "p50_ms_at_20ms": slow_p50, "errors": errors}))
+        print(json.dumps({"rps": rps, "cpu_us_per_request": cpu, "p50_ms_at_20ms": slow_p50, "errors": errors,
+                          "cpu_us_per_event": streamed}))
     return 0 if not any(errors.values()) else 1
+
+
+STREAMS, EVENTS = 48, 1000
+STREAM_BODY = '{"model":"demo","messages":[{"role":"user","content":"hello"}],"stream":true}'
+
+
+def stream_cost(url: str, proc) -> float:
+    """CPU of `proc` (its process tree) per SSE event relayed, over STREAMS whole streams, 16 at a time."""
+    import threading
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    body = STREAM_BODY.encode()
+    request = (f"POST {parts.path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+               f"authorization: Bearer {b.CLIENT_TOKEN}\r\ncontent-length: {len(body)}\r\n\r\n").encode() + body
+    events = [0]
+    lock = threading.Lock()
+
+    def client(count: int) -> None:
+        with socket.create_connection((parts.hostname, parts.port)) as s:
+            for _ in range(count):
+                s.sendall(request)
+                data = b""
+                while not data.endswith(b"0\r\n\r\n"):
+                    more = s.recv(262144)
+                    if not more:
+                        raise RuntimeError("the stream ended early")
+                    data += more
+                with lock:
+                    events[0] += data.count(b"data: ")
+
+    before = b.tree_cpu_seconds(proc.pid)
+    threads = [threading.Thread(target=client, args=(STREAMS // 16,)) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (b.tree_cpu_seconds(proc.pid) - before) / max(1, events[0]) * 1e6
 
 
 def run_all(args: argparse.Namespace, sink) -> int:
