@@ -20,7 +20,6 @@ from a callback (the `gateway.disconnect` scope extension) instead of a task per
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import sys
@@ -236,20 +235,6 @@ class GatewayCycle(RequestResponseCycle):
             transport.write(head + collected.data if head is not None else collected.data)
         if collected.closed:
             transport.close()
-
-
-def settle_heap() -> None:
-    """Before serving: what start-up made leaves the garbage collector's sight, and young collections grow rarer.
-
-    The request path makes no reference cycles (a test keeps it so), so what the collector
-    finds per request is nothing; at CPython's default (a young collection every 700 net
-    allocations) it still walked the objects alive in flight about every 30 requests at
-    level 1, 6-7 us a request. Every 10,000 it is 0.2 us, and the frozen start-up objects
-    (modules, policies, configuration) are never walked again.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
 
 
 def server_config(app, *, host: str | None = None, port: int | None = None):

@@ -353,7 +353,7 @@ def run_worker(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import GatewayApp
-    from gateway.serving import server_config, settle_heap
+    from gateway.serving import server_config
     from gateway.configfile import ConfigError
     from gateway.logs import setup_logging
     from gateway.wiring import Gateway
@@ -377,6 +377,5 @@ def run_worker(args: argparse.Namespace) -> int:
                 os.write(ready_fd, READY)
 
     server = WorkerServer(server_config(GatewayApp(gateway)))
-    settle_heap()
     server.run(sockets=[sock])
     return 0 if server.started else 1

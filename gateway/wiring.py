@@ -11,7 +11,6 @@ order; the ASGI entry (`gateway.app`) and the CLI are its only users.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from gateway.control import keys
 from gateway.control.seed import seed_first_start
 from gateway.control.state import ControlState
 from gateway.credentials import Credentials
+from gateway.heap import settle_heap
 from gateway.incidents.affected import AffectedReport, as_csv
 from gateway.incidents.retro import RetroReviews
 from gateway.incidents.verification import Verification
@@ -401,10 +401,7 @@ class Gateway:
         await self.watch.start()
         self.reloader.start()
         self.started_at = time.time()
-        # Everything loaded so far lives as long as the process: keep it out of the garbage
-        # collector's full passes, which otherwise rescan it every time (about 40 ms each).
-        gc.collect()
-        gc.freeze()
+        settle_heap()
         log.info("gateway started", extra={"store": "embedded" if self.config.store == "embedded" else "redis",
                                            "replica": self.state.replica_id, "models": sorted(self.catalog.models),
                                            "policy": self.policy.version})

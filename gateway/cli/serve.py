@@ -52,7 +52,7 @@ def _serve_with(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.demo.launch import start_demo_model
-    from gateway.serving import server_config, settle_heap
+    from gateway.serving import server_config
 
     from gateway.app import GatewayApp
     from gateway.wiring import Gateway
@@ -68,7 +68,6 @@ def _serve_with(args: argparse.Namespace) -> int:
     setup_logging(config.logging.level)
     demo = start_demo_model(gateway.config) if args.with_demo_model else None
     server = uvicorn.Server(server_config(GatewayApp(gateway), host=args.host, port=args.port))
-    settle_heap()
     try:
         server.run()
     finally:
