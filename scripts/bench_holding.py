@@ -45,8 +45,8 @@ def main() -> int:
         try:
             for name, store in stores.items():
                 port = b.free_port()
-                (tmp / name).mkdir()
-                config = b.write_config(tmp / name, up_port, port, store=store,
+                (tmp / f"gateway-{name}").mkdir()
+                config = b.write_config(tmp / f"gateway-{name}", up_port, port, store=store,
                                         policy_overrides="oversight: {initial_level: 3}\n")
                 gateways[name] = b.gateway(config, port, "0", log=tmp / f"{name}.log")
                 urls[name] = f"http://127.0.0.1:{port}/v1/chat/completions"
