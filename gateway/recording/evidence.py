@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from gateway.config import EvidenceConfig, decode_key
 from gateway.evidence import EvidenceLog, EvidenceLogError, LogInUse, generate_signing_key, load_signing_key, write_keypair
+from gateway.ids import random_hex
 from gateway.policy import Evidence
 
 log = logging.getLogger("gateway.evidence")
@@ -91,8 +93,7 @@ class EvidenceRecorder:
         if ev.signing_key is not None:
             return load_signing_key(ev.signing_key)
         private = self.data_dir / "evidence-signing.key"
-        if not private.exists():
-            write_keypair(generate_signing_key(), private, self.data_dir / "evidence-signing.pub")
+        if _keypair_made_here(private, self.data_dir / "evidence-signing.pub"):
             log.warning("made an evidence signing key at %s; keep a copy of %s where the log's writers cannot change it",
                         private, private.with_suffix(".pub"))
         return load_signing_key(private)
@@ -105,8 +106,7 @@ class EvidenceRecorder:
     def witness_key(self):
         """This replica's witness key (it cosigns the other replicas' logs), made at first start beside the data."""
         private = self.data_dir / "evidence-witness.key"
-        if not private.exists():
-            write_keypair(generate_signing_key(), private, self.data_dir / "evidence-witness.pub")
+        _keypair_made_here(private, self.data_dir / "evidence-witness.pub")
         return load_signing_key(private)
 
     def _encryption_key(self) -> bytes | None:
@@ -128,3 +128,26 @@ class EvidenceRecorder:
 
     async def action(self, kind: str, *, actor: str, reason: str, **details: Any) -> int | None:
         return await self._log().submit(action_record(kind, actor, reason, details))
+
+
+def _keypair_made_here(private: Path, public: Path) -> bool:
+    """Make a key pair at first start, unless a replica sharing the data folder has made it: True when made here.
+
+    Replicas of one machine start together on one folder; the first to link its key into
+    place wins and the others read that key, whole (it is written before it is linked).
+    """
+    if private.exists():
+        return False
+    staged = private.with_name(f".{private.name}.{os.getpid()}.{random_hex(6)}")
+    staged_public = staged.with_name(staged.name + ".pub")
+    write_keypair(generate_signing_key(), staged, staged_public, force=True)
+    try:
+        os.link(staged, private)
+    except FileExistsError:
+        return False
+    else:
+        os.replace(staged_public, public)
+        return True
+    finally:
+        staged.unlink(missing_ok=True)
+        staged_public.unlink(missing_ok=True)
