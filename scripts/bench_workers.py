@@ -38,18 +38,7 @@ PREDICT = '{"applicant":{"id":"a-17","group":"A","income":52000}}'
 ANSWER = '{"decision":"approve","confidence":0.91,"model":"demo-v1"}'
 POLICY = "oversight: {two_person_lowering: false}\n"  # part 2 lowers the level again after each kill
 
-NGINX_CONF = """\
-{user}worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
+NGINX_SERVER = """\
     keepalive_requests 10000000;
     keepalive_timeout 60s;
     server {{
@@ -58,21 +47,11 @@ http {{
             default_type application/json;
             return 200 '{answer}';
         }}
-    }}
-}}
-"""
+    }}"""
 
 
 def nginx(directory: Path, port: int) -> subprocess.Popen:
-    exe = next((p for p in ("/usr/sbin/nginx", "/usr/bin/nginx") if os.access(p, os.X_OK)), None)
-    if exe is None:
-        raise SystemExit("nginx is not installed: apt-get install -y nginx")
-    directory.mkdir(parents=True, exist_ok=True)
-    conf = directory / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(user="user root;\n" if os.geteuid() == 0 else "", dir=directory, port=port,
-                                      answer=ANSWER))
-    return b.start([exe, "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log"), "-g", "daemon off;"],
-                   port)
+    return b.nginx_serving(directory, port, NGINX_SERVER.format(port=port, answer=ANSWER))
 
 
 def children(pid: int) -> list[int]:

@@ -282,6 +282,10 @@ http {{
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
+{http}
+}}
+"""
+_PROXY_PASS = """\
     keepalive_requests 100000;
     upstream model {{
         server 127.0.0.1:{upstream};
@@ -294,9 +298,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
-    }}
-}}
-"""
+    }}"""
 
 
 def nginx_binary() -> str:
@@ -315,9 +317,13 @@ def nginx_binary() -> str:
 
 def nginx(directory: Path, port: int, upstream_port: int, cpus: str | None = None) -> subprocess.Popen:
     """nginx `proxy_pass` with upstream keep-alive, one worker, in front of `upstream_port`."""
+    return nginx_serving(directory, port, _PROXY_PASS.format(upstream=upstream_port, port=port), cpus)
+
+
+def nginx_serving(directory: Path, port: int, http: str, cpus: str | None = None) -> subprocess.Popen:
+    """nginx, one worker, with `http` (its servers) inside the `http` block, listening on `port`."""
     directory.mkdir(parents=True, exist_ok=True)
     conf = directory / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(user="user root;\n" if os.geteuid() == 0 else "", dir=directory,
-                                       upstream=upstream_port, port=port))
+    conf.write_text(_NGINX_CONF.format(user="user root;\n" if os.geteuid() == 0 else "", dir=directory, http=http))
     return start([nginx_binary(), "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log"),
                   "-g", "daemon off;"], port, cpus, log=directory / "stderr.log")
