@@ -23,9 +23,9 @@ def test_replicas_started_together_never_restore_a_store_that_lost_nothing(tmp_p
         config = write_config(tmp_path / f"round-{round_}", {"demo": {"v1": demo.url}}, store=redis_server.url,
                               policy={"oversight": {"max_staleness": "1s"}})
         replicas = [GatewayProcess(config, free_port()) for _ in range(3)]
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            list(pool.map(lambda replica: replica.start(), replicas))
         try:
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:  # inside the try: one that fails to start
+                list(pool.map(lambda replica: replica.start(), replicas))  # must not leave the others running
             for replica in replicas:
                 for _ in range(10):  # a few heartbeats of each
                     r = httpx.post(f"{replica.url}/models/demo/predict", json={"applicant": {"id": "s"}},
