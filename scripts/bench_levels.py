@@ -268,7 +268,7 @@ def kill_latency(args: argparse.Namespace) -> dict:
                     if not p.served.wait(10):
                         raise RuntimeError(f"{p.label} did not answer from the model within 10 s (flip {flip})")
                 time.sleep(random.uniform(0.005, 0.015))  # the kill lands at a random point of the probe cycle
-                target = flip % 3
+                target = flip % len(ports)
                 conn = Conn(ports[target])
                 conn.connect()  # before the clock starts
                 sent = time.perf_counter()
