@@ -66,3 +66,23 @@ def test_unreadable_task_names_the_file(tmp_path: Path) -> None:
 
     with pytest.raises(ModelReadError, match="cannot read weights/missing.bin"):
         hash_all([HashTask(tmp_path / "missing.bin", "weights/missing.bin")], "sha256")
+
+
+def test_the_read_buffer_starts_on_a_page_boundary() -> None:
+    import ctypes
+    import mmap
+    import threading
+
+    from gateway.integrity.hashing import _buffer
+
+    addresses = []
+
+    def read_address() -> None:
+        buf = _buffer()
+        addresses.append(ctypes.addressof(ctypes.c_char.from_buffer(buf)))
+
+    for _ in range(3):  # a thread of its own each: the buffer is per thread
+        t = threading.Thread(target=read_address)
+        t.start()
+        t.join()
+    assert len(addresses) == 3 and all(a % mmap.PAGESIZE == 0 for a in addresses)
