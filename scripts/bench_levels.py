@@ -521,7 +521,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.flips < 1:
         parser.error("--flips must be at least 1")
-    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load generator: "
+    print(f"machine: {os.cpu_count()} CPUs, {b.interpreter()}, load generator: "
           f"{'wrk' if shutil.which('wrk') else 'scripts/loadgen.py'}; load average before: {_load()}")
     out = {"kill": kill_latency(args)}
     if args.load_seconds > 0:

@@ -148,6 +148,7 @@ def compare(args: argparse.Namespace) -> int:
             for proc in procs.values():
                 b.stop(proc)
             b.stop(upstream)
+    print(f"interpreter: {b.interpreter()}")
     print(f"proxy comparison: {args.rounds} interleaved rounds of {args.seconds:g}s, 32 connections, wrk -t1; each proxy "
           f"pinned to cpu0, wrk and the raw upstream (460-byte chat completion) to cpu1; medians")
     gw0 = b.median(cpu["gateway, level 0"])

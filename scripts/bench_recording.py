@@ -84,6 +84,7 @@ def main() -> int:
 
         reports = [verify_log(tmp / f"variant-{n}" / "data" / "evidence" / "replica-0") for n in (1, 2, 3)]
     baseline = "level 0, recording off"
+    print(f"interpreter: {b.interpreter()}")
     print(f"recording benchmark: {args.rounds} rounds of {args.seconds:g}s at 32 connections; each gateway pinned to cpu0 "
           f"and driven alone, wrk and the raw upstream on cpu1{'; bodies encrypted' if args.encrypt else ''}; medians")
     base_rps, base_cpu = b.median(rps[baseline]), b.median(cpu[baseline])

@@ -25,6 +25,22 @@ CLIENT_TOKEN = "gw_bench_client"
 OPERATOR_TOKEN = "gw_bench_operator"
 
 
+def interpreter() -> str:
+    """The interpreter the benchmarked Python processes run on, and how its libpython is linked.
+
+    The build moves CPU per request by about a fifth (README, Benchmarks): a libpython
+    linked as a shared library without PGO (pyenv's default) is slower than a static one.
+    """
+    import platform
+
+    exe = os.path.realpath(sys.executable)
+    try:
+        linked = subprocess.run(["ldd", exe], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return f"python {platform.python_version()} ({exe})"
+    return f"python {platform.python_version()} ({exe}, libpython {'shared' if 'libpython' in linked else 'static'})"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
