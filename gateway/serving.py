@@ -10,7 +10,9 @@ speed and adds, before the application sees anything (so before authentication):
 - the gateway's JSON error shape, with a request id, for every refusal the server makes
   itself (a malformed request is 400 in JSON, not "Invalid HTTP request received.").
 Timers are armed only while a request is incomplete at the end of a read, so a request
-that arrives whole costs nothing extra.
+that arrives whole costs nothing extra. The keep-alive timeout is one timer per connection
+that each answer moves, where uvicorn arms a timer after every answer and cancels it on
+the next request.
 
 Each request's cycle is a `GatewayCycle`, which saves the data plane two costs per request:
 an answer with a Content-Length leaves in one write (head and body in one TCP segment, where
@@ -133,10 +135,43 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         cycle = self.cycle
         super().connection_lost(exc)
         if isinstance(cycle, GatewayCycle) and not cycle.response_complete:
             cycle.client_gone()
+
+    # keep-alive ------------------------------------------------------------------------------------
+    _idle_until = 0.0  # loop time at which an idle connection is closed; 0 while a request is in progress
+    _idle_timer = None
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive deadline moved instead of a timer armed."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_until = self.loop.time() + self.timeout_keep_alive
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_at(self._idle_until, self._idle_check)
+
+    def _unset_keepalive_if_required(self) -> None:  # uvicorn calls it when bytes arrive
+        self._idle_until = 0.0
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if not self._idle_until or self.transport.is_closing():
+            return  # busy (the next answer arms it again) or already closing
+        if self.loop.time() >= self._idle_until:
+            self.transport.close()
+        else:
+            self._idle_timer = self.loop.call_at(self._idle_until, self._idle_check)
 
     def _disarm(self) -> None:
         if self._deadline is not None:

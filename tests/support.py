@@ -186,7 +186,9 @@ class InProcessGateway:
 
 
 @asynccontextmanager
-async def serve_in_process(config_path: Path, client_verify: Any = True) -> AsyncIterator[InProcessGateway]:
+async def serve_in_process(config_path: Path, client_verify: Any = True, *,
+                           keep_alive: float | None = None) -> AsyncIterator[InProcessGateway]:
+    """`keep_alive`: the server's idle keep-alive timeout in seconds (default uvicorn's, 5 s)."""
     import uvicorn
 
     from gateway.app import GatewayApp
@@ -197,6 +199,8 @@ async def serve_in_process(config_path: Path, client_verify: Any = True) -> Asyn
     port = free_port()
     config = server_config(GatewayApp(gw), port=port)
     config.loop = "none"  # run inside the test's event loop
+    if keep_alive is not None:
+        config.timeout_keep_alive = keep_alive
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())

@@ -52,6 +52,9 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self._write_paused: asyncio.Future[None] | None = None
+        self._deadline = 0.0  # when the current wait times out (loop time)
+        self._timer: asyncio.TimerHandle | None = None  # checks `_deadline`; armed at `_timer_at`
+        self._timer_at = 0.0
         self._begin()
 
     def _begin(self, head_only: bool = False) -> None:
@@ -96,6 +99,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_timer()
         if self.on_lost is not None:
             self.on_lost(self)
             self.on_lost = None
@@ -183,22 +187,51 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.abort()
 
     async def wait(self, timeout: float) -> None:
-        """Wait for the next parser event, at most `timeout` seconds."""
-        fut = self.loop.create_future()
+        """Wait for the next parser event, at most `timeout` seconds.
+
+        One timer per connection rather than one per wait (a stream waits once an event,
+        and arming and cancelling a timer costs more than the rest of the wait): each wait
+        moves the deadline, and the timer, when it fires before it, re-arms for it.
+        """
+        loop = self.loop
+        fut = loop.create_future()
         self.waiter = fut
-        handle = self.loop.call_later(timeout, _expire, fut)
+        deadline = self._deadline = loop.time() + timeout
+        if self._timer is None or self._timer_at > deadline:
+            self._arm(deadline)
         try:
             await fut
         except asyncio.CancelledError:
             self.abort()
             raise
         finally:
-            handle.cancel()
             self.waiter = None
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        fut = self.waiter
+        if fut is None or fut.done():
+            return  # nobody waits: the next wait arms a timer again
+        if self.loop.time() >= self._deadline:
+            fut.set_exception(UpstreamError("timeout", "upstream did not answer in time"))
+        else:
+            self._arm(self._deadline)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def drain(self) -> None:
         paused = self._write_paused
@@ -206,11 +239,6 @@ class _Connection(asyncio.Protocol):
             await paused
         if self.closed:
             raise UpstreamError("reset", "upstream closed the connection while the request was being sent")
-
-
-def _expire(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_exception(UpstreamError("timeout", "upstream did not answer in time"))
 
 
 class UpstreamResponse:

@@ -139,3 +139,50 @@ async def test_cancelling_a_request_closes_its_connection(echo):
         await asyncio.sleep(0.02)
     assert echo.closed_early == 1
     assert not pool._idle
+
+
+# the read timeout: one deadline per wait, moved by every wait --------------------------------
+_STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+_EVENT = b"data: {}\n\n"
+_PIECE = b"%x\r\n%s\r\n" % (len(_EVENT), _EVENT)
+
+
+def _trickle(gaps: list[float], end: bool = True) -> list:
+    """A chunked stream: its head, then one event after each gap, then its end (or a stall)."""
+    pieces: list = [_STREAM_HEAD]
+    for gap in gaps:
+        pieces += [gap, _PIECE]
+    return pieces + ([b"0\r\n\r\n"] if end else [30.0])
+
+
+async def test_a_stream_slower_in_total_than_the_read_timeout_is_not_cut(tmp_path):
+    from tests.rawhttp import RawUpstream
+
+    upstream = await RawUpstream(lambda head: _trickle([0.2] * 8)).start()  # 1.6 s in all, 0.2 s apart
+    pool = UpstreamPool(upstream.url, read_timeout=0.5)
+    try:
+        response = await pool.request(b"GET", b"/stream", [])
+        body = b"".join([chunk async for chunk in response.iter_chunks()])
+        assert body.count(b"data: ") == 8
+    finally:
+        pool.close()
+        await upstream.stop()
+
+
+async def test_a_stream_that_stalls_mid_way_times_out_after_the_read_timeout():
+    from tests.rawhttp import RawUpstream
+
+    upstream = await RawUpstream(lambda head: _trickle([0.05, 0.3, 0.3], end=False)).start()
+    pool = UpstreamPool(upstream.url, read_timeout=0.5)
+    loop = asyncio.get_running_loop()
+    try:
+        response = await pool.request(b"GET", b"/stream", [])
+        events, last = 0, loop.time()
+        with pytest.raises(UpstreamError) as stalled:
+            while await response.read_chunk():
+                events, last = events + 1, loop.time()
+        assert stalled.value.kind == "timeout" and events == 3
+        assert 0.45 <= loop.time() - last <= 1.5  # counted from the last event, not from the first wait
+    finally:
+        pool.close()
+        await upstream.stop()
