@@ -244,10 +244,10 @@ class _Connection(asyncio.Protocol):
 class UpstreamResponse:
     """Status and headers of an upstream answer; the body is read with `read_chunk`."""
 
-    __slots__ = ("status", "headers", "_conn", "_keep", "_read_timeout", "_head_only", "_released", "_done")
+    __slots__ = ("status", "headers", "_conn", "_keep", "_read_timeout", "_head_only", "_released", "_done", "_abandoned")
 
     def __init__(self, conn: _Connection, keep: Callable[[_Connection], None], read_timeout: float, head_only: bool,
-                 done: Callable[[], None] | None = None) -> None:
+                 done: Callable[[], None] | None = None, abandoned: Callable[[], None] | None = None) -> None:
         self.status = conn.status
         self.headers = conn.headers
         self._conn = conn
@@ -256,6 +256,7 @@ class UpstreamResponse:
         self._head_only = head_only
         self._released = False
         self._done = done  # told once, when this answer is over (read, released or aborted)
+        self._abandoned = abandoned  # told when it was released unfinished and healthy (its pool replaces the connection)
 
     @property
     def complete(self) -> bool:
@@ -309,7 +310,10 @@ class UpstreamResponse:
         conn = self._conn
         if conn.complete and conn.keep_alive and not conn.closed and not self._head_only and conn.error is None:
             self._keep(conn)
-        else:
-            conn.abort()
+            return
+        abandoned = not conn.complete and not conn.closed and conn.error is None
+        conn.abort()
+        if abandoned and self._abandoned is not None:
+            self._abandoned()
 
 

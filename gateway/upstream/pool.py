@@ -4,6 +4,11 @@ A request goes out on an idle connection when there is one, else a new one; a co
 the upstream closed while idle is detected on first use and the request is sent once more
 on a fresh connection, but only when nothing of it can have been processed (no byte of
 an answer came back and the body can be replayed).
+
+An answer abandoned half-way (a client that stops reading a stream: the model must stop
+generating, so the connection closes) is replaced in the background by a fresh idle
+connection, within the connection budget, so the next request does not wait for a connect
+and, on https, a TLS handshake.
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ class UpstreamPool:
         # Through a proxy, a plain-HTTP request names its origin in the request line (absolute form).
         self._origin = (b"http://" + self.host_header) if proxy is not None and self.scheme == "http" else b""
         self._idle: deque[_Connection] = deque()
+        self._replacing: asyncio.Task[None] | None = None  # a connection opened for an abandoned one
+        self._closed = False
 
     async def request(
         self,
@@ -129,7 +136,7 @@ class UpstreamPool:
             except BaseException:
                 conn.abort()
                 raise
-            return UpstreamResponse(conn, self._put_idle, self.read_timeout, head_only, done)
+            return UpstreamResponse(conn, self._put_idle, self.read_timeout, head_only, done, self._replace_abandoned)
         raise AssertionError("unreachable")
 
     def _head(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], length: int | None) -> bytes:
@@ -219,6 +226,27 @@ class UpstreamPool:
         conn.idle = True  # from now on, any byte it receives retires it
         self._idle.append(conn)
 
+    def _replace_abandoned(self) -> None:
+        """Open one connection in place of one an unfinished answer closed, unless one is idle or on its way."""
+        if self._idle or self._replacing is not None or self._closed or self.budget.open >= self.budget.limit:
+            return
+        self._replacing = asyncio.get_running_loop().create_task(self._park_replacement())
+
+    async def _park_replacement(self) -> None:
+        try:
+            conn = await self._connect()
+        except Exception:  # nobody waits on it: the next request that connects reports the failure itself
+            return
+        finally:
+            self._replacing = None
+        if self._closed:
+            conn.abort()
+        else:
+            self._put_idle(conn)
+
     def close(self) -> None:
+        self._closed = True
+        if self._replacing is not None:
+            self._replacing.cancel()
         while self._idle:
             self._idle.pop().abort()

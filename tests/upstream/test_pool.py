@@ -186,3 +186,29 @@ async def test_a_stream_that_stalls_mid_way_times_out_after_the_read_timeout():
     finally:
         pool.close()
         await upstream.stop()
+
+
+async def test_an_abandoned_stream_s_connection_is_replaced_before_the_next_request(echo):
+    pool = UpstreamPool(echo.url)
+    try:
+        response = await pool.request(b"GET", b"/gated-stream", [])
+        assert b"first" in await response.read_chunk()
+        response.release()  # the client went away mid-stream: this connection must close
+        await eventually(lambda: _value(echo.connections == 2))  # a replacement, opened before anyone asks
+        status, seen = await _json(pool, b"POST", b"/echo", b"next")
+        assert status == 200 and seen["body_length"] == 4
+        assert echo.connections == 2  # the next request went out on the replacement: no connect on its path
+    finally:
+        echo.gate.set()
+        pool.close()
+
+
+async def test_an_answer_read_to_its_end_opens_no_extra_connection(echo):
+    pool = UpstreamPool(echo.url)
+    try:
+        for _ in range(3):
+            await _json(pool, b"POST", b"/echo", b"x")
+        await asyncio.sleep(0.1)
+        assert echo.connections == 1
+    finally:
+        pool.close()
