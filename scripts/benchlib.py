@@ -29,7 +29,8 @@ def interpreter() -> str:
     """The interpreter the benchmarked Python processes run on, and how its libpython is linked.
 
     The build moves CPU per request by about a fifth (README, Benchmarks): a libpython
-    linked as a shared library without PGO (pyenv's default) is slower than a static one.
+    linked as a shared library without PGO (a pyenv build with --enable-shared, say) is
+    slower than one linked into the executable (Debian's python3).
     """
     import platform
 

@@ -53,8 +53,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._write_paused: asyncio.Future[None] | None = None
         self._deadline = 0.0  # when the current wait times out (loop time)
-        self._timer: asyncio.TimerHandle | None = None  # checks `_deadline`; armed at `_timer_at`
-        self._timer_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None  # checks `_deadline` when it fires
         self._begin()
 
     def _begin(self, head_only: bool = False) -> None:
@@ -202,7 +201,7 @@ class _Connection(asyncio.Protocol):
         fut = loop.create_future()
         self.waiter = fut
         deadline = self._deadline = loop.time() + timeout
-        if self._timer is None or self._timer_at > deadline:
+        if self._timer is None or self._timer.when() > deadline:
             self._arm(deadline)
         try:
             await fut
@@ -215,7 +214,6 @@ class _Connection(asyncio.Protocol):
     def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer_at = when
         self._timer = self.loop.call_at(when, self._check_deadline)
 
     def _check_deadline(self) -> None:

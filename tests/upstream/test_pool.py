@@ -10,6 +10,7 @@ import pytest
 
 from gateway.upstream import UpstreamError, UpstreamPool
 from tests.proxy.echo import EchoUpstream
+from tests.rawhttp import RawUpstream
 from tests.support import eventually
 
 
@@ -155,9 +156,7 @@ def _trickle(gaps: list[float], end: bool = True) -> list:
     return pieces + ([b"0\r\n\r\n"] if end else [30.0])
 
 
-async def test_a_stream_slower_in_total_than_the_read_timeout_is_not_cut(tmp_path):
-    from tests.rawhttp import RawUpstream
-
+async def test_a_stream_slower_in_total_than_the_read_timeout_is_not_cut():
     upstream = await RawUpstream(lambda head: _trickle([0.2] * 8)).start()  # 1.6 s in all, 0.2 s apart
     pool = UpstreamPool(upstream.url, read_timeout=0.5)
     try:
@@ -170,8 +169,6 @@ async def test_a_stream_slower_in_total_than_the_read_timeout_is_not_cut(tmp_pat
 
 
 async def test_a_stream_that_stalls_mid_way_times_out_after_the_read_timeout():
-    from tests.rawhttp import RawUpstream
-
     upstream = await RawUpstream(lambda head: _trickle([0.05, 0.3, 0.3], end=False)).start()
     pool = UpstreamPool(upstream.url, read_timeout=0.5)
     loop = asyncio.get_running_loop()
