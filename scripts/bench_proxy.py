@@ -77,6 +77,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON too")
     parser.add_argument("--against", type=Path, help="another checkout of the gateway: compare its CPU per request "
                                                      "with this tree's, in interleaved rounds, and stop there")
+    parser.add_argument("--stream-rounds", type=int, default=None,
+                        help="with --against: interleaved streaming rounds (default: --rounds; 0: none)")
     parser.add_argument("--tracing", action="store_true", help="this tree's gateway traces every request "
                         "(OTEL_TRACES_EXPORTER=otlp) to a local OTLP/HTTP sink; with --against: the other does not")
     args = parser.parse_args()
@@ -310,6 +312,10 @@ def against(args: argparse.Namespace, sink=None) -> int:
                                    seconds=args.seconds, body=COMPLETION, token=b.CLIENT_TOKEN, cpus="1")
                     cpu[name].append((b.cpu_seconds(gateways[name].pid) - cpu0) / max(1, result["requests"]) * 1e6)
                     rps[name].append(result["rps"])
+            per_event: dict[str, list[float]] = {name: [] for name in trees}
+            for _ in range(args.rounds if args.stream_rounds is None else args.stream_rounds):
+                for name in trees:
+                    per_event[name].append(stream_cost(f"http://127.0.0.1:{ports[name]}/v1/chat/completions", gateways[name]))
         finally:
             for proc in gateways.values():
                 b.stop(proc)
@@ -321,6 +327,12 @@ def against(args: argparse.Namespace, sink=None) -> int:
               f"(rounds: {', '.join(f'{v:.0f}' for v in cpu[name])})")
     ratio = b.median(cpu["this tree"]) / b.median(cpu["against"])
     print(f"CPU per request, this tree / against: {ratio:.3f} ({(ratio - 1) * 100:+.1f} %)")
+    if per_event["this tree"]:
+        for name in trees:
+            print(f"{name:10} streaming, {STREAMS} streams of {EVENTS} events: {b.median(per_event[name]):5.1f} us CPU per relayed event "
+                  f"(rounds: {', '.join(f'{v:.1f}' for v in per_event[name])})")
+        ratio = b.median(per_event["this tree"]) / b.median(per_event["against"])
+        print(f"CPU per relayed event, this tree / against: {ratio:.3f} ({(ratio - 1) * 100:+.1f} %)")
     return 0
 
 

@@ -22,7 +22,7 @@ from gateway.proxy.exchange import Exchange
 from gateway.proxy.headers import client_response_headers, header_value
 from gateway.proxy.inflight import STREAMING, UPSTREAM
 from gateway.upstream import UpstreamError
-from gateway.proxy.stages import Answer
+from gateway.proxy.stages import Answer, PieceWriter
 from gateway.proxy.usage import usage_of
 
 if TYPE_CHECKING:
@@ -47,8 +47,13 @@ class Interrupted(Exception):
 
 
 async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_limit: int,
-                recorded: bool, on_complete: Callable[[], Awaitable[object]]) -> None:
-    """Pass the upstream answer through, keeping a copy when `capture` (up to `capture_limit` bytes)."""
+                recorded: bool, on_complete: Callable[[], Awaitable[object]], pieces: PieceWriter | None = None) -> None:
+    """Pass the upstream answer through, keeping a copy when `capture` (up to `capture_limit` bytes).
+
+    `pieces` (the server's, when it offers one) gives a function that writes one piece of a
+    chunked answer to the client at once: a stream whose last piece is not held for its
+    record is then piped, each event written from the upstream's read callback.
+    """
     ex.status = ex.response_status = response.status
     headers = client_response_headers(response.headers, keep_length=response.status not in _NO_LENGTH)
     counted = ex.api == "openai" and response.status < 400  # tokens from the answer's `usage`
@@ -68,10 +73,9 @@ async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_
         await send({"type": "http.response.body", "body": body})
         return
     last = _completing_piece(headers, ex) if recorded else None
-    kept: list[bytes] = []
-    size = sent = 0
+    seen = _Seen(capture_limit if capture else -1)
+    sent = 0
     held = b""
-    before = latest = b""  # the last two chunks read: where a stream's usage is (references, no copies)
     # Until its first bytes come, the exchange still waits on the model: a pause ends the wait, the answer is
     # planned again (a human answers); a raise to 3 lets it come and holds it (`_check_level`).
     ex.phase, ex.stop = UPSTREAM, lambda: response.abort("the model was paused (level 4) before this answer started")
@@ -91,12 +95,10 @@ async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_
         _check_level(ex, first, whole=response.complete and not first)
         ex.sent_start = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers + ex.gateway_headers()})
+        writer = pieces() if pieces is not None and last is None and first else None
         chunk = first
         while chunk:
-            before, latest = latest, chunk
-            if capture and size <= capture_limit:
-                kept.append(chunk)
-                size += len(chunk)
+            seen(chunk)
             if last is not None and not held:
                 chunk, held = last(chunk, sent)
             elif held:
@@ -104,17 +106,49 @@ async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_
             if chunk:
                 sent += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if writer is not None:
+                write, drain = writer
+                await response.pipe(seen.passing(write), drain)
+                break
             chunk = await response.read_chunk()
     finally:
         ex.phase = ex.stop = None
         response.release()
         if capture:
-            ex.keep_answer(response.status, headers, b"".join(kept), capture_limit, truncated=size > capture_limit)
-    if counted and latest:
+            ex.keep_answer(response.status, headers, b"".join(seen.kept), capture_limit, truncated=seen.size > capture_limit)
+    if counted and seen.latest:
+        before, latest = seen.before, seen.latest
         ex.usage = usage_of(latest) or (usage_of(before[-4096:] + latest) if before else None)
     await on_complete()
     ex.finished = True
     await send({"type": "http.response.body", "body": held})
+
+
+class _Seen:
+    """What a streamed answer keeps of the pieces it passes on: a copy up to `limit` bytes, and the last two (usage)."""
+
+    __slots__ = ("kept", "size", "limit", "before", "latest")
+
+    def __init__(self, limit: int) -> None:
+        self.kept: list[bytes] = []
+        self.size = 0
+        self.limit = limit  # -1: no copy
+        self.before = self.latest = b""  # references, no copies
+
+    def __call__(self, piece: bytes) -> None:
+        self.before, self.latest = self.latest, piece
+        if self.size <= self.limit:
+            self.kept.append(piece)
+            self.size += len(piece)
+
+    def passing(self, write: Callable[[bytes], bool]) -> Callable[[bytes], bool]:
+        """A sink for `Answer.pipe`: each piece seen, then written."""
+
+        def sink(piece: bytes) -> bool:
+            self(piece)
+            return write(piece)
+
+        return sink
 
 
 def _check_level(ex: Exchange, read: bytes, *, whole: bool) -> None:

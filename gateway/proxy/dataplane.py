@@ -127,7 +127,8 @@ class DataPlane:
         ex.route = SAMPLED if plan.sampled else AUTO
         try:
             await answers.relay(response, ex, send, capture=plan.captures, capture_limit=self.buffer_limit,
-                                recorded=plan.record, on_complete=lambda: self.recording.record(ex, plan, headers))
+                                recorded=plan.record, on_complete=lambda: self.recording.record(ex, plan, headers),
+                                pieces=_server_cycle(scope, "piece_writer"))
         except answers.Interrupted as stopped:  # raised just before the answer started
             await self.holding.raised(headers, ex, response, stopped, send)
             return
@@ -179,7 +180,7 @@ class DataPlane:
 def _watch_disconnect(scope, receive, task, ex: Exchange):
     """Cancel the request's task when its client goes away, which aborts the upstream call.
 
-    The gateway's own server calls back (`gateway.disconnect`, see `gateway.serving`); under
+    The gateway's own server calls back (its cycle's `when_gone`, see `gateway.serving`); under
     any other ASGI server a task waits for the `http.disconnect` message. Either way the
     result has a `cancel()` that ends the watch.
     """
@@ -189,22 +190,28 @@ def _watch_disconnect(scope, receive, task, ex: Exchange):
             ex.disconnected = True
             task.cancel()
 
-    ref = scope.get("extensions", {}).get("gateway.disconnect")  # a weak reference to the server's cycle
-    cycle = ref() if ref is not None else None
-    if cycle is not None:
-        cycle.when_gone(gone)
-        return _Unwatch(cycle)
+    when_gone = _server_cycle(scope, "when_gone")
+    if when_gone is not None:
+        when_gone(gone)
+        return _Unwatch(when_gone)
     return asyncio.get_running_loop().create_task(_await_disconnect(receive, gone))
 
 
-class _Unwatch:
-    __slots__ = ("cycle",)
+def _server_cycle(scope, method: str):
+    """A method of the gateway's own server cycle for this request (`gateway.serving`), or None under another server."""
+    ref = scope.get("extensions", {}).get("gateway.cycle")  # a weak reference: the cycle holds the scope
+    cycle = ref() if ref is not None else None
+    return getattr(cycle, method) if cycle is not None else None
 
-    def __init__(self, cycle) -> None:
-        self.cycle = cycle
+
+class _Unwatch:
+    __slots__ = ("when_gone",)
+
+    def __init__(self, when_gone) -> None:
+        self.when_gone = when_gone
 
     def cancel(self) -> None:
-        self.cycle.when_gone(None)
+        self.when_gone(None)
 
 
 async def _await_disconnect(receive, gone) -> None:

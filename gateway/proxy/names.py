@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 
 from gateway.errors import BadRequest
 from gateway.proxy.resolve import V1Request
@@ -71,6 +72,12 @@ class RenamedAnswer:
             body, self._body = self._body, b""
             return body
         return self._rename(self._inner.take_body())
+
+    async def pipe(self, sink: Callable[[bytes], bool], drain: Callable[[], Awaitable[object]]) -> None:
+        """Each renamed piece to `sink` as it is read (the rename carries a line across reads: no read callback)."""
+        while chunk := await self.read_chunk():
+            if not sink(chunk):
+                await drain()
 
     async def read_chunk(self) -> bytes:
         if self._body is not None:

@@ -9,6 +9,7 @@ calls the request path makes on them, in the order it makes them:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -53,9 +54,16 @@ class Answer(Protocol):
 
     async def read_chunk(self) -> bytes: ...
 
+    async def pipe(self, sink: Callable[[bytes], bool], drain: Callable[[], Awaitable[object]]) -> None:
+        """Hand the rest of the body to `sink` piece by piece; `drain()` when it returns False (its client is full)."""
+
     def release(self) -> None: ...
 
     def abort(self, reason: str) -> None: ...
+
+
+PieceWriter = Callable[[], "tuple[Callable[[bytes], bool], Callable[[], Awaitable[object]]] | None"]
+"""The server's offer for a chunked answer whose head is out: a write of one piece now, and the wait for a full client."""
 
 
 class Recording(Protocol):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httptools
 
@@ -72,6 +72,9 @@ class _Connection(asyncio.Protocol):
         self.error: UpstreamError | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.reading_paused = False
+        self.sink: Callable[[bytes], bool] | None = None  # while a body is piped: takes each piece as it is parsed
+        self.sink_full = False  # the sink is full: the pipe waits for it to drain, pieces queue meanwhile
+        self.sink_timeout = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,12 +158,24 @@ class _Connection(asyncio.Protocol):
         return coding != b"chunked"
 
     def on_body(self, body: bytes) -> None:
+        sink = self.sink
+        if sink is not None:  # piped: the piece goes on at once, no task wakes for it
+            self._deadline = self.loop.time() + self.sink_timeout  # the read timeout counts from the last piece
+            if not sink(body):
+                self.sink, self.sink_full = None, True  # the rest is queued, and reading stops at the high water
+                self._wake()
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
         self._wake()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     def on_message_complete(self) -> None:
         if self.status < 200:
@@ -276,9 +291,8 @@ class UpstreamResponse:
             if conn.chunks:
                 chunk = conn.chunks.popleft()
                 conn.buffered -= len(chunk)
-                if conn.reading_paused and conn.buffered < _HIGH_WATER // 2 and conn.transport is not None:
-                    conn.reading_paused = False
-                    conn.transport.resume_reading()
+                if conn.buffered < _HIGH_WATER // 2:
+                    conn.resume_reading()
                 return chunk
             if self._head_only or conn.complete:
                 self.release()
@@ -287,6 +301,39 @@ class UpstreamResponse:
                 self.release()
                 raise conn.error
             await conn.wait(self._read_timeout)
+
+    async def pipe(self, sink: Callable[[bytes], bool], drain: Callable[[], Awaitable[object]]) -> None:
+        """Hand every further piece of body to `sink` as the parser yields it, until the end.
+
+        A streamed answer relayed piece by piece costs a task wake-up, a future and an await
+        per piece; piped, a piece goes from the upstream's read to `sink` in the same
+        callback. `sink` returns False when it can take no more (its client is slow): pieces
+        queue, and reading stops at the high water, until `drain()` returns. Ends, with the
+        connection released, like `read_chunk` returning b"", or raises as it does.
+        """
+        conn = self._conn
+        while True:
+            while conn.chunks:  # what arrived before, or in the read that filled the sink
+                chunk = conn.chunks.popleft()
+                conn.buffered -= len(chunk)
+                if not sink(chunk):
+                    await drain()
+            if self._head_only or conn.complete:
+                self.release()
+                return
+            if conn.error is not None:
+                self.release()
+                raise conn.error
+            if conn.sink_full:
+                conn.sink_full = False
+                await drain()
+                continue  # it may have been ended while the sink drained
+            conn.sink, conn.sink_timeout = sink, self._read_timeout
+            conn.resume_reading()
+            try:
+                await conn.wait(self._read_timeout)
+            finally:
+                conn.sink = None
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         while chunk := await self.read_chunk():

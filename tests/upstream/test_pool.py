@@ -156,33 +156,117 @@ def _trickle(gaps: list[float], end: bool = True) -> list:
     return pieces + ([b"0\r\n\r\n"] if end else [30.0])
 
 
-async def test_a_stream_slower_in_total_than_the_read_timeout_is_not_cut():
+async def _pieces(response, how: str, seen: list[float]) -> bytes:
+    """The rest of an answer's body, read chunk by chunk or piped; the loop time of each piece in `seen`."""
+    loop, got = asyncio.get_running_loop(), []
+
+    def sink(piece: bytes) -> bool:
+        got.append(piece)
+        seen.append(loop.time())
+        return True
+
+    if how == "piped":
+        await response.pipe(sink, asyncio.sleep)
+    else:
+        while piece := await response.read_chunk():
+            sink(piece)
+    return b"".join(got)
+
+
+@pytest.mark.parametrize("how", ["read", "piped"])
+async def test_a_stream_slower_in_total_than_the_read_timeout_is_not_cut(how):
     upstream = await RawUpstream(lambda head: _trickle([0.2] * 8)).start()  # 1.6 s in all, 0.2 s apart
     pool = UpstreamPool(upstream.url, read_timeout=0.5)
     try:
         response = await pool.request(b"GET", b"/stream", [])
-        body = b"".join([chunk async for chunk in response.iter_chunks()])
+        body = await _pieces(response, how, [])
         assert body.count(b"data: ") == 8
     finally:
         pool.close()
         await upstream.stop()
 
 
-async def test_a_stream_that_stalls_mid_way_times_out_after_the_read_timeout():
+@pytest.mark.parametrize("how", ["read", "piped"])
+async def test_a_stream_that_stalls_mid_way_times_out_after_the_read_timeout(how):
     upstream = await RawUpstream(lambda head: _trickle([0.05, 0.3, 0.3], end=False)).start()
     pool = UpstreamPool(upstream.url, read_timeout=0.5)
     loop = asyncio.get_running_loop()
     try:
         response = await pool.request(b"GET", b"/stream", [])
-        events, last = 0, loop.time()
+        seen: list[float] = []
         with pytest.raises(UpstreamError) as stalled:
-            while await response.read_chunk():
-                events, last = events + 1, loop.time()
-        assert stalled.value.kind == "timeout" and events == 3
-        assert 0.45 <= loop.time() - last <= 1.5  # counted from the last event, not from the first wait
+            await _pieces(response, how, seen)
+        assert stalled.value.kind == "timeout" and len(seen) == 3
+        assert 0.45 <= loop.time() - seen[-1] <= 1.5  # counted from the last event, not from the first wait
     finally:
         pool.close()
         await upstream.stop()
+
+
+# piping: each piece handed on from the read callback ----------------------------------------
+def _numbered(count: int) -> list:
+    events = [b"data: %d\n\n" % n for n in range(count)]
+    return [_STREAM_HEAD + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"]
+
+
+async def test_a_piped_stream_reaches_its_sink_whole_and_in_order_and_its_connection_is_reused():
+    upstream = await RawUpstream(lambda head: _numbered(20_000)).start()  # about 250 KB in one write
+    pool = UpstreamPool(upstream.url)
+    try:
+        response = await pool.request(b"GET", b"/stream", [])
+        body = await _pieces(response, "piped", [])
+        assert body == b"".join(b"data: %d\n\n" % n for n in range(20_000))
+        again = await pool.request(b"GET", b"/stream", [])
+        assert (await _pieces(again, "piped", [])).count(b"data: ") == 20_000
+        assert upstream.max_open == 1  # the same connection both times: piping left it clean
+    finally:
+        pool.close()
+        await upstream.stop()
+
+
+async def test_a_full_sink_stops_the_reading_until_it_drains(echo):
+    pool = UpstreamPool(echo.url)
+    drained, waiting = asyncio.Event(), asyncio.Event()
+    got = []
+
+    def sink(piece: bytes) -> bool:
+        got.append(len(piece))
+        return len(got) > 1  # the first piece fills the client
+
+    async def drain() -> None:
+        waiting.set()
+        await drained.wait()
+
+    try:
+        response = await pool.request(b"GET", b"/big?size=20000000", [])
+        piping = asyncio.create_task(response.pipe(sink, drain))
+        await asyncio.wait_for(waiting.wait(), 10)
+        await eventually(lambda: _value(response._conn.reading_paused))  # the socket is no longer read
+        await asyncio.sleep(0.2)
+        assert response._conn.buffered <= 512 * 1024 and sum(got) <= 512 * 1024  # nothing piles up meanwhile
+        drained.set()
+        await piping
+        assert sum(got) == 20_000_000  # every byte, once
+        status, _ = await _json(pool, b"GET", b"/echo")
+        assert status == 200 and echo.connections == 1
+    finally:
+        pool.close()
+
+
+async def test_an_answer_ended_while_piped_raises_in_the_pipe(echo):
+    pool = UpstreamPool(echo.url)
+    try:
+        response = await pool.request(b"GET", b"/gated-stream", [])
+        got = []
+        piping = asyncio.create_task(response.pipe(lambda piece: got.append(piece) or True, asyncio.sleep))
+        await eventually(lambda: _value(bool(got)))
+        response.abort("the oversight level rose while this answer streamed")
+        with pytest.raises(UpstreamError) as ended:
+            await piping
+        assert ended.value.kind == "ended" and b"first" in got[0] and len(got) == 1
+    finally:
+        echo.gate.set()
+        pool.close()
 
 
 async def test_an_abandoned_stream_s_connection_is_replaced_before_the_next_request(echo):
