@@ -4,8 +4,10 @@ A held request's ticket is stored before the client hears anything. A decision t
 on any replica is announced on the store's `decisions` topic, which wakes a client
 waiting (`Prefer: wait`) on whichever replica it is connected to. A ticket not decided
 within the policy's `review.timeout` is closed with `review.on_expiry`: by whichever
-replica's sweep gets there first, or by the first decision or read that finds it past
-its deadline (compare-and-set: once). The deadline is the deadline, whenever the sweep runs.
+replica's sweep gets there first (it reads the deadlines, `gateway.review.deadlines`, not
+the pending queue, which samples fill), or by the first decision or read that finds it
+past its deadline (compare-and-set: once). The deadline is the deadline, whenever the
+sweep runs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
 from gateway.openai.completions import completion_from_text, is_completion
 from gateway.policy import Review
 from gateway.recorder import NullRecorder, Recorder
+from gateway.review.deadlines import Deadlines
 from gateway.review.retries import RetryHints, RetryIndex
 from gateway.review.tickets import DECIDED, EXPIRED, PENDING, Decision, DecisionIn, Ticket
 from gateway.store import Collections, StaleWrite, StoreUnavailable, Topics
@@ -56,6 +59,7 @@ class ReviewQueue:
         self._unsubscribe: list[Callable[[], None]] = []
         self._samples: list[Ticket] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.deadlines = Deadlines(store)
         self.retries = RetryIndex(window=review.retry_window, idempotency_window=review.idempotency_window)
 
     # lifecycle ---------------------------------------------------------------------
@@ -92,18 +96,14 @@ class ReviewQueue:
                 log.exception("review close listener failed")
 
     async def pending_summary(self, limit: int = 10_000) -> dict[str, Any]:
-        """For the metrics, at scrape time: pending tickets per (model, kind) with the oldest one's creation,
-        and each model's soonest deadline. One indexed read of the pending tickets (`limit`, oldest first)."""
+        """For the metrics, at scrape time: pending tickets per (model, kind) with the oldest one's creation
+        (one indexed read of the pending tickets, `limit`, oldest first), and each model's soonest deadline."""
         pending: dict[tuple[str, str], tuple[int, float]] = {}
-        next_expiry: dict[str, float] = {}
         for doc in await self.store.query(TICKETS, where={"status": PENDING}, newest_first=False, limit=limit):
             key = (doc.get("model") or "-", doc.get("kind") or "-")
             count, oldest = pending.get(key, (0, float("inf")))
             pending[key] = (count + 1, min(oldest, float(doc.get("created_at") or 0)))
-            expires = doc.get("expires_at")
-            if expires is not None:
-                next_expiry[key[0]] = min(next_expiry.get(key[0], float("inf")), float(expires))
-        return {"pending": pending, "next_expiry": next_expiry}
+        return {"pending": pending, "next_expiry": await self.deadlines.soonest()}
 
     def remove_listener(self, listener: QueueListener) -> None:
         if listener in self._listeners:
@@ -111,7 +111,8 @@ class ReviewQueue:
 
     # holding -----------------------------------------------------------------------
     async def add(self, ticket: Ticket) -> Ticket:
-        """Store a new ticket durably, then announce it (with what a retry of its request would match)."""
+        """Store a new ticket durably (its deadline first), then announce it (with what a retry of its request would match)."""
+        await self.deadlines.add(ticket)
         await self.store.insert(TICKETS, ticket.id, ticket.to_doc())
         self._note(ticket.id, ticket.caller, ticket.fingerprint, ticket.idempotency_key, ticket.created_at)
         await self._announce(CREATED_TOPIC, {"event": "created", "ticket": ticket.id, "model": ticket.model,
@@ -143,6 +144,10 @@ class ReviewQueue:
         except StoreUnavailable as exc:
             log.warning("could not read recent tickets for retries: %s", exc)
             return
+        try:
+            await self.deadlines.backfill(recent)
+        except StoreUnavailable as exc:
+            log.warning("could not add the deadlines of recent tickets: %s", exc)
         for doc in reversed(recent):
             if doc.get("kind") != "sample" and (doc.get("created_at") or 0) >= horizon:
                 self._note(doc["id"], doc.get("caller"), doc.get("fingerprint"), doc.get("idempotency_key"),
@@ -301,13 +306,16 @@ class ReviewQueue:
 
     # expiry ------------------------------------------------------------------------
     async def expire_due(self, now: float | None = None) -> int:
-        """Close every pending held or human ticket past its deadline with `on_expiry`."""
+        """Close every pending ticket past its deadline with `on_expiry` (read from the deadlines, not the queue)."""
         now = time.time() if now is None else now
         closed = 0
-        for doc in await self.store.query(TICKETS, where={"status": PENDING}, newest_first=False, limit=500):
-            ticket = Ticket.from_doc(doc)
-            if (await self._expire_if_due(ticket, now)) is not ticket:
-                closed += 1
+        for ticket_id in await self.deadlines.due(now):
+            doc = await self.store.get(TICKETS, ticket_id)
+            ticket = Ticket.from_doc(doc) if doc is not None else None
+            if ticket is not None and (await self._expire_if_due(ticket, now)) is not ticket:
+                closed += 1  # its deadline went with it (`_replace`)
+            elif ticket is None or not ticket.pending:
+                await self.deadlines.forget(ticket_id)  # closed elsewhere, or a ticket never stored
         return closed
 
     async def _expire_if_due(self, ticket: Ticket, now: float) -> Ticket:
@@ -345,6 +353,8 @@ class ReviewQueue:
             now = exc.current or {}
             raise Conflict(f"ticket {current.id} changed meanwhile (now {now.get('status')}, claimed by {now.get('claimed_by')})",
                            detail={"status": now.get("status")}) from None
+        if not updated.pending and current.expires_at is not None:
+            await self.deadlines.forget(current.id)
 
     async def _announce(self, topic: str, message: dict[str, Any]) -> None:
         try:
