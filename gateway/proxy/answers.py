@@ -51,8 +51,8 @@ async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_
     """Pass the upstream answer through, keeping a copy when `capture` (up to `capture_limit` bytes).
 
     `pieces` (the server's, when it offers one) gives a function that writes one piece of a
-    chunked answer to the client at once: a stream whose last piece is not held for its
-    record is then piped, each event written from the upstream's read callback.
+    chunked answer to the client at once: the stream is then piped, each event written from
+    the upstream's read callback (the piece that completes a recorded one still held back).
     """
     ex.status = ex.response_status = response.status
     headers = client_response_headers(response.headers, keep_length=response.status not in _NO_LENGTH)
@@ -72,10 +72,8 @@ async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_
         await send({"type": "http.response.start", "status": response.status, "headers": headers + ex.gateway_headers()})
         await send({"type": "http.response.body", "body": body})
         return
-    last = _completing_piece(headers, ex) if recorded else None
     seen = _Seen(capture_limit if capture else -1)
-    sent = 0
-    held = b""
+    passing = _Passing(seen, _completing_piece(headers, ex) if recorded else None)
     # Until its first bytes come, the exchange still waits on the model: a pause ends the wait, the answer is
     # planned again (a human answers); a raise to 3 lets it come and holds it (`_check_level`).
     ex.phase, ex.stop = UPSTREAM, lambda: response.abort("the model was paused (level 4) before this answer started")
@@ -95,22 +93,17 @@ async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_
         _check_level(ex, first, whole=response.complete and not first)
         ex.sent_start = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers + ex.gateway_headers()})
-        writer = pieces() if pieces is not None and last is None and first else None
-        chunk = first
-        while chunk:
-            seen(chunk)
-            if last is not None and not held:
-                chunk, held = last(chunk, sent)
-            elif held:
-                held, chunk = held + chunk, b""
-            if chunk:
-                sent += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if writer is not None:
-                write, drain = writer
-                await response.pipe(seen.passing(write), drain)
-                break
-            chunk = await response.read_chunk()
+        if first:
+            writer = pieces() if pieces is not None else None
+            chunk = first
+            while chunk:
+                if out := passing.split(chunk):
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                if writer is not None:
+                    write, drain = writer
+                    await response.pipe(passing.sink(write), drain)
+                    break
+                chunk = await response.read_chunk()
     finally:
         ex.phase = ex.stop = None
         response.release()
@@ -121,7 +114,51 @@ async def relay(response: Answer, ex: Exchange, send, *, capture: bool, capture_
         ex.usage = usage_of(latest) or (usage_of(before[-4096:] + latest) if before else None)
     await on_complete()
     ex.finished = True
-    await send({"type": "http.response.body", "body": held})
+    await send({"type": "http.response.body", "body": passing.held})
+
+
+class _Passing:
+    """A streamed answer's pieces on their way to the client: each seen, and the completing piece held back.
+
+    `last` (see `_completing_piece`) splits off what completes a recorded answer; from there
+    on everything is held, and sent once the record is in the operating system.
+    """
+
+    __slots__ = ("seen", "last", "sent", "held")
+
+    def __init__(self, seen: "_Seen", last: Callable[[bytes, int], tuple[bytes, bytes]] | None) -> None:
+        self.seen = seen
+        self.last = last
+        self.sent = 0
+        self.held = b""
+
+    def split(self, piece: bytes) -> bytes:
+        """What of `piece` may go to the client now."""
+        self.seen(piece)
+        if self.held:
+            self.held += piece
+            return b""
+        if self.last is not None:
+            piece, self.held = self.last(piece, self.sent)
+        self.sent += len(piece)
+        return piece
+
+    def sink(self, write: Callable[[bytes], bool]) -> Callable[[bytes], bool]:
+        """A sink for `Answer.pipe`: each piece split, and what may go now written."""
+
+        seen = self.seen
+        if self.last is None:  # nothing is held back: each piece is seen and written
+
+            def sink(piece: bytes) -> bool:
+                seen(piece)
+                return write(piece)
+        else:
+
+            def sink(piece: bytes) -> bool:
+                out = self.split(piece)
+                return write(out) if out else True
+
+        return sink
 
 
 class _Seen:
@@ -140,15 +177,6 @@ class _Seen:
         if self.size <= self.limit:
             self.kept.append(piece)
             self.size += len(piece)
-
-    def passing(self, write: Callable[[bytes], bool]) -> Callable[[bytes], bool]:
-        """A sink for `Answer.pipe`: each piece seen, then written."""
-
-        def sink(piece: bytes) -> bool:
-            self(piece)
-            return write(piece)
-
-        return sink
 
 
 def _check_level(ex: Exchange, read: bytes, *, whole: bool) -> None:
