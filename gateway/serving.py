@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from gateway.coalescing import CoalescingTransport
 from gateway.ids import request_id as new_request_id
 
 log = logging.getLogger("gateway.server")
@@ -78,6 +79,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_fields = 0
         self._deadline = None
         self._refusal: _Refused | None = None  # set by a callback that stopped the parser
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.transport = CoalescingTransport(transport, self.loop)  # answers leave at the end of the loop's pass
 
     # reading ------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -263,7 +268,7 @@ class GatewayCycle(RequestResponseCycle):
     def _write_piece(self, body: bytes) -> bool:
         if not body or self.disconnected or self.transport.is_closing():
             return True  # a client gone: its disconnect callback ends the answer
-        self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        self.transport.write_now(b"%x\r\n%b\r\n" % (len(body), body))
         return not self.flow.write_paused
 
     async def send(self, message) -> None:

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httptools
 
+from gateway.coalescing import CoalescingTransport
+
 _HIGH_WATER = 256 * 1024  # body bytes buffered before we stop reading from the upstream
 MAX_HEADER_BYTES = 64 * 1024  # an answer's header block larger than this is refused, not relayed
 MAX_HEADERS = 256
@@ -78,7 +80,8 @@ class _Connection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # requests leave at the end of the loop's pass, together (`gateway.coalescing`)
+        self.transport = CoalescingTransport(transport, asyncio.get_running_loop())  # type: ignore[assignment,arg-type]
 
     def data_received(self, data: bytes) -> None:
         if self.idle:  # bytes nobody asked for: whatever they are, this connection is not reusable

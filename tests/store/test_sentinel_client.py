@@ -98,7 +98,8 @@ async def test_after_a_failover_the_store_writes_to_the_promoted_master_and_hear
                 return False
 
         await eventually(written, timeout=20, interval=0.1)
-        assert topology.master_port() != old
+        # the sentinels do not switch at the same instant: wait until the first one asked names the new master too
+        assert await asyncio.to_thread(topology.wait_failover, old, 10.0) != old
         assert await store.get("tickets", "before") is not None  # confirmed on a replica, so on the promoted one
 
         async def feed() -> bool:
