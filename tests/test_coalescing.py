@@ -1,4 +1,4 @@
-"""Writes held to the end of the loop's pass: in order, together, none lost, none held too long.
+"""Writes of a busy loop held to the end of its pass: in order, together, none lost; a quiet loop holds nothing.
 
 Each test runs on uvloop (what the gateway serves with) and on asyncio's own loop, over a
 real loopback TCP connection whose far end is a plain socket the test reads without
@@ -73,14 +73,25 @@ async def _arrived(peer: socket.socket, size: int) -> bytes:
     return data
 
 
-def test_writes_of_one_pass_leave_together_at_its_end_in_order(run):
+async def _busy(transport, peer) -> None:
+    """Make the loop busy (two connections wrote in one pass), then start a pass whose writes are held."""
+    other = CoalescingTransport(transport.transport, asyncio.get_running_loop())  # a second writer in this pass
+    transport.write(b"")
+    other.write(b"")
+    await asyncio.sleep(0)  # that pass ends: the loop is busy now
+    await asyncio.sleep(0)
+
+
+def test_on_a_quiet_loop_the_first_write_of_a_pass_leaves_at_once_the_rest_at_its_end(run):
     async def body(transport, peer):
+        transport.write(b"first;")
+        assert _readable(peer) == b"first;"  # sent without yielding to the loop
         transport.write(b"one ")
         transport.write(bytearray(b"two "))
         transport.write(memoryview(b"three"))
         assert transport.get_write_buffer_size() == len(b"one two three")
         for _ in range(3):
-            assert _readable(peer) == b""  # the writer has not yielded to the loop: nothing is sent
+            assert _readable(peer) == b""  # the writer has not yielded to the loop: nothing more is sent
         await asyncio.sleep(0)  # the pass ends
         assert await _arrived(peer, 13) == b"one two three"
         assert transport.get_write_buffer_size() == 0
@@ -88,8 +99,23 @@ def test_writes_of_one_pass_leave_together_at_its_end_in_order(run):
     run(body)
 
 
+def test_on_a_busy_loop_every_write_waits_for_the_end_of_the_pass(run):
+    async def body(transport, peer):
+        await _busy(transport, peer)
+        transport.write(b"held")
+        assert _readable(peer) == b""
+        await asyncio.sleep(0)
+        assert await _arrived(peer, 4) == b"held"
+        await asyncio.sleep(0)  # a pass with one writer: the loop is quiet again
+        transport.write(b";now")
+        assert _readable(peer) == b";now"
+
+    run(body)
+
+
 def test_a_buffer_the_caller_reuses_leaves_as_it_was_written(run):
     async def body(transport, peer):
+        await _busy(transport, peer)
         buffer = bytearray(b"first")
         transport.write(buffer)
         buffer[:] = b"XXXXX"
@@ -101,6 +127,7 @@ def test_a_buffer_the_caller_reuses_leaves_as_it_was_written(run):
 
 def test_a_large_write_leaves_at_once_after_what_is_held(run):
     async def body(transport, peer):
+        await _busy(transport, peer)
         transport.write(b"head;")
         large = b"x" * FLUSH_AT
         transport.write(large)
@@ -115,6 +142,7 @@ def test_a_large_write_leaves_at_once_after_what_is_held(run):
 
 def test_held_bytes_past_the_limit_leave_at_once(run):
     async def body(transport, peer):
+        await _busy(transport, peer)
         piece = b"y" * (FLUSH_AT // 4)
         for _ in range(3):
             transport.write(piece)
@@ -127,6 +155,7 @@ def test_held_bytes_past_the_limit_leave_at_once(run):
 
 def test_close_sends_what_is_held_first(run):
     async def body(transport, peer):
+        await _busy(transport, peer)
         transport.write(b"last words")
         transport.close()
         assert transport.is_closing()
@@ -147,6 +176,7 @@ def test_close_sends_what_is_held_first(run):
 
 def test_abort_drops_what_is_held(run):
     async def body(transport, peer):
+        await _busy(transport, peer)
         transport.write(b"never sent")
         transport.abort()
         await asyncio.sleep(0.02)
@@ -163,7 +193,8 @@ def test_abort_drops_what_is_held(run):
 def test_write_now_goes_at_once_unless_bytes_are_held(run):
     async def body(transport, peer):
         transport.write_now(b"piece;")
-        assert await _arrived(peer, 6) == b"piece;"  # nothing held: sent without waiting for the pass
+        assert _readable(peer) == b"piece;"  # nothing held: sent without waiting for the pass
+        await _busy(transport, peer)
         transport.write(b"held;")
         transport.write_now(b"after;")
         assert _readable(peer) == b""  # it queues behind the held bytes
@@ -175,6 +206,7 @@ def test_write_now_goes_at_once_unless_bytes_are_held(run):
 
 def test_a_write_after_the_connection_closed_is_dropped(run):
     async def body(transport, peer):
+        await _busy(transport, peer)
         transport.write(b"late")
         transport.transport.close()  # the connection went away under the held bytes
         await asyncio.sleep(0)
