@@ -33,11 +33,12 @@ FLUSH_AT = 64 * 1024  # held bytes past this leave at once: a large answer gains
 class _Pass:
     """One pass of an event loop, as writes see it.
 
-    When the loop is busy (in the last pass that wrote, more than one connection wrote), every write
-    waits for the end of the pass and they leave back to back. When it is not (one request
-    at a time, a stream's events), a pass's first write leaves at once: holding it would
-    gain no shared wake and cost one, since its peer's answer would then always find this
-    loop asleep (measured at one connection: +65 us of latency a request, +30 us of CPU).
+    When the loop is busy (in the last pass that wrote, more than one connection wrote),
+    every write waits for the end of the pass and they leave back to back. When it is not
+    (one request at a time, a stream's events), a pass's first write leaves at once:
+    holding it would gain no shared wake and cost one, since its peer's answer would then
+    always find this loop asleep (measured at one connection: +65 us of latency a request,
+    +30 us of CPU).
     """
 
     __slots__ = ("loop", "due", "started", "writes", "busy")
@@ -83,7 +84,7 @@ def _pass_of(loop: asyncio.AbstractEventLoop) -> _Pass:
 
 
 class CoalescingTransport:
-    """An `asyncio.Transport` whose writes leave at the end of the event loop's pass."""
+    """An `asyncio.Transport` whose writes, while its loop is busy, leave together at the end of the pass."""
 
     __slots__ = ("transport", "_pass", "_held", "_held_bytes")
 

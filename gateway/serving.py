@@ -82,7 +82,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.transport = CoalescingTransport(transport, self.loop)  # answers leave at the end of the loop's pass
+        self.transport = CoalescingTransport(transport, self.loop)  # a busy loop's answers leave together
 
     # reading ------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:

@@ -80,7 +80,7 @@ class _Connection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # requests leave at the end of the loop's pass, together (`gateway.coalescing`)
+        # while the loop is busy, requests leave together at the end of its pass (`gateway.coalescing`)
         self.transport = CoalescingTransport(transport, asyncio.get_running_loop())  # type: ignore[assignment,arg-type]
 
     def data_received(self, data: bytes) -> None:
