@@ -9,6 +9,9 @@ speed and adds, before the application sees anything (so before authentication):
   off with 408, or the connection closed if an answer already started);
 - the gateway's JSON error shape, with a request id, for every refusal the server makes
   itself (a malformed request is 400 in JSON, not "Invalid HTTP request received.").
+  A bad request pipelined behind good ones on the same connection is refused after they
+  are answered (uvicorn's parser runs ahead of the answers: the refusal and its close used
+  to go first and lose them).
 Timers are armed only while a request is incomplete at the end of a read, so a request
 that arrives whole costs nothing extra. The keep-alive timeout is one timer per connection
 that each answer moves, where uvicorn arms a timer after every answer and cancels it on
@@ -79,6 +82,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_fields = 0
         self._deadline = None
         self._refusal: _Refused | None = None  # set by a callback that stopped the parser
+        self._refused_next: _Refused | None = None  # a bad request behind one still being answered: refused after it
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -86,6 +90,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     # reading ------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self._refused_next is not None:
+            return  # the parser stopped at a bad request; what follows it is not read
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -98,6 +104,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             refusal, self._refusal = self._refusal, None
             status, message = (refusal.status, refusal.message) if refusal else (400, "the request is not valid HTTP/1.1")
             log.warning("request refused while read: %s", message, extra={"client": self.client and self.client[0]})
+            if self._answering_earlier():
+                self._refused_next = _Refused(status, message)  # the earlier requests are answered first
+                self.transport.pause_reading()
+                return
             self._write_refusal(status, message)
             return
         if self._reading and self._deadline is None and not self.transport.is_closing():
@@ -160,14 +170,29 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        self.flow.resume_reading()
         if self.pipeline:
+            self.flow.resume_reading()
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
             return
+        if self._refused_next is not None:  # every request before the bad one is answered: now its refusal
+            # after the answer's last bytes, which the cycle writes once uvicorn's send (calling this) returns
+            self.loop.call_soon(self._refuse_next)
+            return
+        self.flow.resume_reading()
         self._idle_until = self.loop.time() + self.timeout_keep_alive
         if self._idle_timer is None:
             self._idle_timer = self.loop.call_at(self._idle_until, self._idle_check)
+
+    def _refuse_next(self) -> None:
+        refused, self._refused_next = self._refused_next, None
+        if refused is not None and not self.transport.is_closing():
+            self._write_refusal(refused.status, refused.message)
+
+    def _answering_earlier(self) -> bool:
+        """A request read whole before the bad one is still being answered (or waits in the pipeline)."""
+        cycle = self.cycle
+        return self._reading != "body" and cycle is not None and (not cycle.response_complete or bool(self.pipeline))
 
     def _unset_keepalive_if_required(self) -> None:  # uvicorn calls it when bytes arrive
         self._idle_until = 0.0

@@ -9,6 +9,7 @@ forwarded; an upstream cannot claim a review that never happened.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -74,6 +75,17 @@ async def test_a_malformed_request_is_answered_in_json(gw, upstream, request_byt
     assert status_of(answer) == 400 and b"content-type: application/json" in answer.lower()
     assert json.loads(body_of(answer))["error"]["request_id"]
     assert upstream.received == []
+
+
+@pytest.mark.parametrize("bad", [b"GARBAGE\r\n\r\n", b"GET /models/m/x HTTP/1.1\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n"])
+async def test_a_bad_request_pipelined_behind_good_ones_is_refused_after_they_are_answered(gw, upstream, bad):
+    port = int(gw.url.rsplit(":", 1)[1])
+    good = b"GET /models/m/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + TOKENS["client"].encode() + b"\r\n\r\n"
+    answer = await _in_thread(raw_request, port, good + good + bad)
+    statuses = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+    assert statuses == [200, 200, 400 if bad.startswith(b"GARBAGE") else 431], answer[:600]
+    assert answer.endswith(b"}") and json.loads(answer[answer.rindex(b"\r\n\r\n") + 4:])["error"]["request_id"]
+    assert len(upstream.received) == 2
 
 
 async def test_an_oversized_header_block_is_refused_before_anything_is_forwarded(gw, upstream):
