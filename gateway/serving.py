@@ -190,9 +190,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._write_refusal(refused.status, refused.message)
 
     def _answering_earlier(self) -> bool:
-        """A request read whole before the bad one is still being answered (or waits in the pipeline)."""
-        cycle = self.cycle
-        return self._reading != "body" and cycle is not None and (not cycle.response_complete or bool(self.pipeline))
+        """A request read whole before the bad one is still being answered (the newest cycle is the last one read)."""
+        return self._reading != "body" and self.cycle is not None and not self.cycle.response_complete
 
     def _unset_keepalive_if_required(self) -> None:  # uvicorn calls it when bytes arrive
         self._idle_until = 0.0
