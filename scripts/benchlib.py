@@ -68,11 +68,11 @@ def taskset(cpus: str | None) -> list[str]:
 
 
 def start(cmd: list[str], port: int, cpus: str | None = None, env: dict | None = None, log: Path | None = None,
-          cwd: Path | None = None) -> subprocess.Popen:
+          cwd: Path | None = None, timeout: float = 20.0) -> subprocess.Popen:
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(taskset(cpus) + cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                             start_new_session=True, cwd=cwd)
-    wait_port(port, proc)
+    wait_port(port, proc, timeout)
     return proc
 
 
